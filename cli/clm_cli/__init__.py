@@ -1,0 +1,1 @@
+"""The `clm` command: run the platform locally and operate it."""

@@ -1,0 +1,134 @@
+"""Runs the services as child processes in the foreground, with prefixed logs, until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.text import Text
+
+from clm_cli.infra.process import InfraError, port_in_use, read_pid, terminate
+from clm_cli.stack import SERVICES
+from clm_shared.settings import Settings
+
+COLORS = {"ingest": "cyan", "stage-engine": "magenta", "metrics": "green", "campaigns": "yellow"}
+
+
+def pid_file(settings: Settings, name: str) -> Path:
+    return settings.data_dir / "run" / f"{name}.pid"
+
+
+async def is_service(port: int, name: str) -> bool:
+    """True when our service of that name already answers on the port."""
+    try:
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            answer = await client.get(f"http://127.0.0.1:{port}/healthz")
+        return answer.status_code == 200 and answer.json().get("service") == name
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+@dataclass
+class Supervisor:
+    settings: Settings
+    console: Console
+    children: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+
+    async def run(self) -> int:
+        """Start what is not running yet, wait for readiness, then hold until a signal or a crash."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        pumps = []
+        started_at = time.monotonic()
+        for name, module in SERVICES.items():
+            port = self.settings.port_of(name)
+            if await is_service(port, name):
+                self.console.print(f"{name} is already running on :{port}; leaving it as it is")
+                continue
+            if port_in_use(port):
+                env_name = f"CLM_{name.replace('-', '_').upper()}_PORT"
+                raise InfraError(f"port {port} for {name} is taken by another program: stop it or set {env_name}")
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", module,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+            )
+            self.children[name] = process
+            pid_file(self.settings, name).parent.mkdir(parents=True, exist_ok=True)
+            pid_file(self.settings, name).write_text(str(process.pid))
+            pumps.append(asyncio.create_task(self._pump(name, process)))
+        if not self.children:
+            self.console.print("all four services are already running")
+            return 0
+        exited = [asyncio.create_task(p.wait()) for p in self.children.values()]
+        ready = asyncio.create_task(self._wait_ready(started_at))
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopped, *exited], return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if stopped not in done:
+            crashed = [n for n, p in self.children.items() if p.returncode is not None]
+            self.console.print(f"[red]{', '.join(crashed)} exited; stopping the others[/red]")
+            code = 1
+        ready.cancel()
+        await self.shutdown()
+        for pump in pumps:
+            await pump
+        return code
+
+    async def _wait_ready(self, started_at: float) -> None:
+        pending = set(self.children)
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while pending:
+                for name in list(pending):
+                    try:
+                        answer = await client.get(f"http://127.0.0.1:{self.settings.port_of(name)}/readyz")
+                        if answer.status_code == 200:
+                            pending.discard(name)
+                    except httpx.HTTPError:
+                        pass
+                await asyncio.sleep(0.2)
+        elapsed = time.monotonic() - started_at
+        urls = ", ".join(f"{n} http://127.0.0.1:{self.settings.port_of(n)}" for n in self.children)
+        self.console.print(f"[bold green]ready[/bold green] in {elapsed:.1f}s: {urls}  (Ctrl-C stops)")
+
+    async def _pump(self, name: str, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        prefix = Text(f"{name:>12} | ", style=COLORS.get(name, "white"))
+        async for raw in process.stdout:
+            line = Text.from_ansi(raw.decode(errors="replace").rstrip("\n"))
+            self.console.print(prefix + line, highlight=False, soft_wrap=True)
+
+    async def shutdown(self) -> None:
+        """SIGTERM every child (they finish in-flight work), SIGKILL what is left after 15 s."""
+        for process in self.children.values():
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        for name, process in self.children.items():
+            try:
+                await asyncio.wait_for(process.wait(), 15)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+            pid_file(self.settings, name).unlink(missing_ok=True)
+
+
+def stop_services(settings: Settings) -> list[str]:
+    """Stop services left running by an earlier `clm up` (found by their pid files)."""
+    stopped = []
+    for name in SERVICES:
+        path = pid_file(settings, name)
+        pid = read_pid(path)
+        if pid is not None and pid != os.getpid():
+            terminate(pid, timeout_s=15)
+            stopped.append(name)
+        path.unlink(missing_ok=True)
+    return stopped

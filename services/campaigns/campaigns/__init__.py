@@ -1,0 +1,1 @@
+"""Campaigns: lifecycle journeys, email and webhooks."""

@@ -1,0 +1,1 @@
+"""Ingest: the Segment-compatible tracking API that publishes touchpoints to Kafka."""

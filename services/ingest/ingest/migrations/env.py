@@ -1,0 +1,6 @@
+"""Alembic environment of ingest."""
+
+from clm_shared.migrations import run_env
+from ingest.tables import metadata
+
+run_env(metadata)

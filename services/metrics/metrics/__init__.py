@@ -1,0 +1,1 @@
+"""Metrics: the lifecycle metrics of every stage, their API and dashboard."""

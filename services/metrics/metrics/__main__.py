@@ -1,0 +1,7 @@
+"""`python -m metrics` runs the metrics service."""
+
+from clm_shared.service import run_service
+from metrics.app import create_app
+
+if __name__ == "__main__":
+    run_service("metrics", create_app)

@@ -1,0 +1,1 @@
+"""Stage engine: moves customers through lifecycle stages and health states."""

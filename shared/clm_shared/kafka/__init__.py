@@ -1,0 +1,1 @@
+"""Kafka plumbing on aiokafka: admin, an acknowledged producer and a committing consumer loop."""

@@ -1,0 +1,74 @@
+"""Topic creation and broker reachability checks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+
+async def ensure_topics(
+    bootstrap: str, partitions: Mapping[str, int], *, replication_factor: int = 1, timeout_s: float = 30.0
+) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, num_partitions=count, replication_factor=replication_factor)
+            for name, count in partitions.items()
+            if name not in existing
+        ]
+        if not wanted:
+            return
+        try:
+            await admin.create_topics(wanted)
+        except TopicAlreadyExistsError:
+            pass  # another process created them in between: that is what we wanted
+        await _wait_for_leaders(admin, [t.name for t in wanted], timeout_s)
+    finally:
+        await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
+    """A new topic accepts writes only once every partition has a leader."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = await admin.describe_topics(names)
+        ready = all(
+            topic.get("error_code", 0) == 0
+            and topic.get("partitions")
+            and all(p.get("leader", -1) >= 0 for p in topic["partitions"])
+            for topic in described
+        )
+        if ready:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics {names} have no leader after {timeout_s}s")
+        await asyncio.sleep(0.1)
+
+
+async def broker_reachable(bootstrap: str, timeout_s: float = 3.0) -> bool:
+    """True when the cluster answers a metadata request within the timeout."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        await asyncio.wait_for(admin.list_topics(), timeout_s)
+        return True
+    except (KafkaError, OSError, TimeoutError):
+        return False
+    finally:
+        await admin.close()
+
+
+async def wait_for_broker(bootstrap: str, timeout_s: float = 60.0) -> None:
+    """Wait until the broker answers metadata requests; raises TimeoutError when it never does."""
+    deadline = time.monotonic() + timeout_s
+    while not await broker_reachable(bootstrap, timeout_s=min(3.0, timeout_s)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Kafka at {bootstrap} did not answer within {timeout_s:.0f}s")
+        await asyncio.sleep(0.2)

@@ -1,0 +1,194 @@
+"""At-least-once consumer loop: decode, handle a batch, then commit; poison records go to the DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from prometheus_client import Counter
+
+from clm_shared.kafka.producer import OutgoingRecord, Publisher
+from clm_shared.serde import DecodeError, Headers
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+RECORDS_CONSUMED = Counter(
+    "clm_consumer_records_total", "Records handled by a consumer loop.", ["group", "topic"]
+)
+RECORDS_DEAD_LETTERED = Counter(
+    "clm_consumer_dead_letter_total", "Records sent to the dead-letter topic.", ["group", "topic", "reason"]
+)
+
+# DLQ headers: what failed and where the record came from, so it can be inspected and replayed.
+ERROR_HEADER = "clm.error"
+SOURCE_TOPIC_HEADER = "clm.source.topic"
+SOURCE_PARTITION_HEADER = "clm.source.partition"
+SOURCE_OFFSET_HEADER = "clm.source.offset"
+
+
+@dataclass(frozen=True)
+class Consumed(Generic[T]):
+    """One decoded record with its position."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: T
+    timestamp_ms: int
+
+
+Deserializer = Callable[..., T]
+BatchHandler = Callable[[Sequence[Consumed[T]]], Awaitable[None]]
+
+
+class ConsumerLoop(Generic[T]):
+    """Runs until ``stop()``; offsets are committed only after the handler returned for the batch.
+
+    A handler failure is retried ``retries`` times; then the batch is handled one record at a time
+    and each record that still fails is dead-lettered, so one bad record never stalls a partition.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        group_id: str,
+        topics: Sequence[str],
+        deserializer: Deserializer[T],
+        handler: BatchHandler[T],
+        publisher: Publisher,
+        dlq_topic: str,
+        client_id: str,
+        max_batch: int = 500,
+        poll_timeout_ms: int = 200,
+        retries: int = 3,
+        retry_backoff_s: float = 0.2,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self.group_id = group_id
+        self._topics = list(topics)
+        self._deserialize = deserializer
+        self._handler = handler
+        self._publisher = publisher
+        self._dlq_topic = dlq_topic
+        self._client_id = client_id
+        self._max_batch = max_batch
+        self._poll_timeout_ms = poll_timeout_ms
+        self._retries = retries
+        self._retry_backoff_s = retry_backoff_s
+        self._stopping = asyncio.Event()
+        self.assigned = asyncio.Event()
+
+    def stop(self) -> None:
+        """Finish the batch in hand, commit it and leave the group."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            *self._topics,
+            bootstrap_servers=self._bootstrap,
+            group_id=self.group_id,
+            client_id=self._client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+        )
+        await consumer.start()
+        try:
+            while not self._stopping.is_set():
+                batches = await consumer.getmany(timeout_ms=self._poll_timeout_ms, max_records=self._max_batch)
+                if consumer.assignment():
+                    self.assigned.set()
+                if not batches:
+                    continue
+                await self._process(batches)
+                await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+        finally:
+            await consumer.stop()
+
+    async def _process(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        decoded: list[Consumed[T]] = []
+        for records in batches.values():
+            for record in records:
+                try:
+                    value = self._deserialize(record.value, topic=record.topic, headers=_headers(record))
+                except DecodeError as exc:
+                    await self._dead_letter(record, f"decode: {exc}", reason="decode")
+                    continue
+                decoded.append(
+                    Consumed(record.topic, record.partition, record.offset, record.key, value, record.timestamp)
+                )
+        if decoded:
+            raw = {(r.topic, r.partition, r.offset): r for records in batches.values() for r in records}
+            await self._handle(decoded, raw)
+
+    async def _handle(
+        self, decoded: list[Consumed[T]], raw: dict[tuple[str, int, int], ConsumerRecord[bytes, bytes]]
+    ) -> None:
+        for attempt in range(self._retries + 1):
+            try:
+                await self._handler(decoded)
+                self._count(decoded)
+                return
+            except Exception as exc:
+                log.warning(
+                    "batch handler failed",
+                    group=self.group_id,
+                    attempt=attempt + 1,
+                    records=len(decoded),
+                    error=repr(exc),
+                )
+                if attempt < self._retries:
+                    await asyncio.sleep(self._retry_backoff_s * (2**attempt))
+        # The batch keeps failing: find the records that do, one by one.
+        for item in decoded:
+            try:
+                await self._handler([item])
+                self._count([item])
+            except Exception as exc:
+                log.error(
+                    "record handler failed; dead-lettering",
+                    group=self.group_id,
+                    topic=item.topic,
+                    partition=item.partition,
+                    offset=item.offset,
+                    error=repr(exc),
+                )
+                await self._dead_letter(raw[(item.topic, item.partition, item.offset)], f"handler: {exc!r}", "handler")
+
+    def _count(self, items: Sequence[Consumed[T]]) -> None:
+        for item in items:
+            RECORDS_CONSUMED.labels(self.group_id, item.topic).inc()
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], error: str, reason: str) -> None:
+        log.warning(
+            "dead-lettering record",
+            group=self.group_id,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error=error,
+        )
+        headers = [
+            *_headers(record),
+            (ERROR_HEADER, error.encode()[:4000]),
+            (SOURCE_TOPIC_HEADER, record.topic.encode()),
+            (SOURCE_PARTITION_HEADER, str(record.partition).encode()),
+            (SOURCE_OFFSET_HEADER, str(record.offset).encode()),
+        ]
+        await self._publisher.publish(
+            OutgoingRecord(self._dlq_topic, record.value or b"", key=record.key, headers=headers)
+        )
+        RECORDS_DEAD_LETTERED.labels(self.group_id, record.topic, reason).inc()
+
+
+def _headers(record: ConsumerRecord[bytes, bytes]) -> Headers:
+    return list(record.headers or ())
+

@@ -1,0 +1,100 @@
+"""A producer that returns only after the broker acknowledged (acks=all, idempotent)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+log = structlog.get_logger(__name__)
+
+
+class PublishUnavailable(Exception):
+    """The broker did not acknowledge in time: nothing may be reported as accepted."""
+
+
+@dataclass(frozen=True)
+class OutgoingRecord:
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: Sequence[tuple[str, bytes]] = field(default_factory=tuple)
+
+
+class Publisher:
+    """Owns one AIOKafkaProducer; starts it lazily so a service can come up before the broker."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        client_id: str,
+        timeout_s: float = 5.0,
+        linger_ms: int = 5,
+        max_batch_size: int = 256 * 1024,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._timeout_s = timeout_s
+        self._linger_ms = linger_ms
+        self._max_batch_size = max_batch_size
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Connect now; raises PublishUnavailable when the broker does not answer in time."""
+        await self._ensure_started()
+
+    async def stop(self) -> None:
+        async with self._lock:
+            if self._producer is not None:
+                await self._producer.stop()
+                self._producer = None
+
+    async def _ensure_started(self) -> AIOKafkaProducer:
+        if self._producer is not None:
+            return self._producer
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._bootstrap,
+                    client_id=self._client_id,
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=self._linger_ms,
+                    max_batch_size=self._max_batch_size,
+                    request_timeout_ms=int(self._timeout_s * 1000),
+                )
+                try:
+                    await asyncio.wait_for(producer.start(), self._timeout_s)
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    await producer.stop()
+                    raise PublishUnavailable(f"Kafka at {self._bootstrap} is unreachable: {exc}") from exc
+                self._producer = producer
+            return self._producer
+
+    async def publish(self, record: OutgoingRecord) -> None:
+        await self.publish_many([record])
+
+    async def publish_many(self, records: Sequence[OutgoingRecord]) -> None:
+        """Send all records concurrently and wait for every acknowledgement, or raise PublishUnavailable."""
+        if not records:
+            return
+        producer = await self._ensure_started()
+
+        async def send_all() -> None:
+            futures = [
+                await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers) or None)
+                for r in records
+            ]
+            await asyncio.gather(*futures)
+
+        try:
+            await asyncio.wait_for(send_all(), self._timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("publish failed", records=len(records), error=repr(exc))
+            raise PublishUnavailable(f"Kafka did not acknowledge within {self._timeout_s}s: {exc!r}") from exc

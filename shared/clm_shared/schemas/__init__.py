@@ -1,0 +1,1 @@
+"""Event schemas shared by every service (pydantic v2)."""

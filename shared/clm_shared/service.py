@@ -1,0 +1,149 @@
+"""What every service has: settings, a database engine, migrations, topics and the ops endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+import uvicorn
+from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clm_shared.db import create_engine, database_reachable, service_schema
+from clm_shared.kafka.admin import broker_reachable, ensure_topics
+from clm_shared.logs import configure_logging
+from clm_shared.migrations import apply_migrations
+from clm_shared.settings import Settings, load_settings_or_exit
+from clm_shared.topics import Topics
+
+log = structlog.get_logger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+StartHook = Callable[["ServiceContext"], Awaitable[None]]
+
+
+@dataclass
+class ServiceContext:
+    """The connections one service process holds; handed to its start and stop hooks."""
+
+    name: str
+    settings: Settings
+    engine: AsyncEngine
+    topics: Topics
+    readiness: dict[str, ReadinessCheck] = field(default_factory=dict)
+    topics_ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def _wait_for_database(engine: AsyncEngine, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await database_reachable(engine):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"PostgreSQL did not answer within {timeout_s:.0f}s: check CLM_DATABASE_URL")
+        await asyncio.sleep(0.5)
+
+
+async def _ensure_topics_forever(ctx: ServiceContext) -> None:
+    """Topics are created in the background so a service starts (not ready) while Kafka is down."""
+    settings = ctx.settings
+    partitions = {
+        topic: settings.kafka_partitions for topic in ctx.topics.all()
+    }
+    while True:
+        try:
+            await ensure_topics(
+                settings.kafka_bootstrap, partitions, replication_factor=settings.kafka_replication_factor
+            )
+            ctx.topics_ready.set()
+            return
+        except Exception as exc:  # keep trying: readiness reports the broker as down meanwhile
+            log.warning("kafka topics not ensured yet", error=repr(exc))
+            await asyncio.sleep(2.0)
+
+
+def create_service_app(
+    name: str,
+    settings: Settings,
+    *,
+    migrations: Path,
+    routers: Sequence[APIRouter] = (),
+    on_start: StartHook | None = None,
+    on_stop: StartHook | None = None,
+    title: str | None = None,
+) -> FastAPI:
+    """A FastAPI app with the service's lifespan (database, migrations, topics) and ops endpoints."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url, schema=service_schema(settings, name))
+        ctx = ServiceContext(name=name, settings=settings, engine=engine, topics=Topics(settings.topic_namespace))
+        ctx.readiness["postgres"] = lambda: database_reachable(engine)
+        ctx.readiness["kafka"] = lambda: broker_reachable(settings.kafka_bootstrap)
+        app.state.ctx = ctx
+        await _wait_for_database(engine, timeout_s=30)
+        await apply_migrations(engine, script_location=migrations, schema=service_schema(settings, name))
+        topics_task = asyncio.create_task(_ensure_topics_forever(ctx))
+        if on_start:
+            await on_start(ctx)
+        log.info("service started", service=name, port=settings.port_of(name))
+        try:
+            yield
+        finally:
+            if on_stop:
+                await on_stop(ctx)
+            topics_task.cancel()
+            await engine.dispose()
+
+    app = FastAPI(title=title or f"clm {name}", lifespan=lifespan)
+    app.include_router(ops_router(name))
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def ops_router(name: str) -> APIRouter:
+    router = APIRouter(tags=["ops"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is up (liveness)."""
+        return {"status": "ok", "service": name}
+
+    @router.get("/readyz")
+    async def readyz(request: Request, response: Response) -> dict[str, object]:
+        """Every dependency answers (readiness): Kafka, PostgreSQL and the service's own checks."""
+        ctx: ServiceContext = request.app.state.ctx
+        names = list(ctx.readiness)
+        results = await asyncio.gather(*(ctx.readiness[n]() for n in names))
+        checks = dict(zip(names, results, strict=True))
+        checks["topics"] = ctx.topics_ready.is_set()
+        ready = all(checks.values())
+        response.status_code = 200 if ready else 503
+        return {"status": "ready" if ready else "not ready", "service": name, "checks": checks}
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus exposition of this process's metrics."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def run_service(name: str, app_factory: Callable[[Settings], FastAPI]) -> None:
+    """Entrypoint of a service process: settings, logging, then uvicorn on the service's port."""
+    settings = load_settings_or_exit()
+    configure_logging(settings.log_level, settings.log_format, service=name)
+    uvicorn.run(
+        app_factory(settings),
+        host=settings.host,
+        port=settings.port_of(name),
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )

@@ -1,0 +1,94 @@
+"""One settings class for every service, read from ``CLM_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Validated at start-up: a bad value stops the process with the setting's name."""
+
+    model_config = SettingsConfigDict(env_prefix="CLM_", extra="ignore")
+
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port."
+    )
+    database_url: str = Field(
+        "postgresql+asyncpg://clm@127.0.0.1:5432/clm",
+        description="SQLAlchemy URL of PostgreSQL (asyncpg driver).",
+    )
+    topic_namespace: str = Field(
+        "", description="Prefix put before every topic name (isolates test runs or tenants)."
+    )
+    schema_namespace: str = Field(
+        "", description="Prefix put before every service's PostgreSQL schema name."
+    )
+    kafka_partitions: int = Field(6, ge=1, le=1000, description="Partitions of topics the platform creates.")
+    kafka_replication_factor: int = Field(1, ge=1, le=10, description="Replication factor of created topics.")
+    kafka_request_timeout_s: float = Field(5.0, gt=0, description="How long a Kafka call may take before it fails.")
+    host: str = Field("127.0.0.1", description="Interface the HTTP servers listen on.")
+    ingest_port: int = Field(8001, ge=1, le=65535, description="Port of the ingest API.")
+    stage_engine_port: int = Field(8002, ge=1, le=65535, description="Port of the stage-engine customer API.")
+    metrics_port: int = Field(8003, ge=1, le=65535, description="Port of the metrics API and dashboard.")
+    campaigns_port: int = Field(8004, ge=1, le=65535, description="Port of the campaigns API.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_format: Literal["console", "json"] = Field("console", description="Log lines for people or for machines.")
+    data_dir: Path = Field(Path(".data"), description="Where `clm up` keeps Kafka and PostgreSQL data.")
+    cache_dir: Path = Field(Path(".cache"), description="Where `clm` keeps downloads (the Kafka jars).")
+    kafka_heap_mb: int = Field(512, ge=128, le=8192, description="JVM heap of the local Kafka broker.")
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_is_host_port_list(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_uses_asyncpg(cls, value: str) -> str:
+        if not value.startswith("postgresql+asyncpg://"):
+            raise ValueError("must start with postgresql+asyncpg:// (the services use asyncpg)")
+        return value
+
+    @field_validator("topic_namespace", "schema_namespace")
+    @classmethod
+    def _namespace_is_safe(cls, value: str) -> str:
+        if value and not all(c.isalnum() or c in "_" for c in value):
+            raise ValueError("only letters, digits and _ are allowed")
+        return value.lower()
+
+    def port_of(self, service: str) -> int:
+        """The HTTP port of one of the four services, by its name."""
+        ports = {
+            "ingest": self.ingest_port,
+            "stage-engine": self.stage_engine_port,
+            "metrics": self.metrics_port,
+            "campaigns": self.campaigns_port,
+        }
+        return ports[service]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
+
+
+def load_settings_or_exit() -> Settings:
+    """Settings for a process entrypoint: a bad value ends it with one line per setting, no traceback."""
+    from pydantic import ValidationError
+
+    from clm_shared.errors import describe_settings_error
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        raise SystemExit(f"invalid settings:\n{describe_settings_error(exc)}") from None
