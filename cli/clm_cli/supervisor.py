@@ -58,9 +58,13 @@ class Supervisor:
                 env_name = f"CLM_{name.replace('-', '_').upper()}_PORT"
                 raise InfraError(f"port {port} for {name} is taken by another program: stop it or set {env_name}")
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", module,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+                sys.executable,
+                "-m",
+                module,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
             )
             self.children[name] = process
             pid_file(self.settings, name).parent.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,5 @@ class JsonDeserializer(Generic[Model]):
         try:
             return self.model.model_validate(raw)
         except ValidationError as exc:
-            fields = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
-            )
+            fields = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors())
             raise DecodeError(f"invalid {self.model.__name__}: {fields}") from exc

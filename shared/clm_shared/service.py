@@ -51,9 +51,7 @@ async def _wait_for_database(engine: AsyncEngine, timeout_s: float) -> None:
 async def _ensure_topics_forever(ctx: ServiceContext) -> None:
     """Topics are created in the background so a service starts (not ready) while Kafka is down."""
     settings = ctx.settings
-    partitions = {
-        topic: settings.kafka_partitions for topic in ctx.topics.all()
-    }
+    partitions = {topic: settings.kafka_partitions for topic in ctx.topics.all()}
     while True:
         try:
             await ensure_topics(

@@ -15,22 +15,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CLM_", extra="ignore")
 
-    kafka_bootstrap: str = Field(
-        "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port."
-    )
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port.")
     database_url: str = Field(
         "postgresql+asyncpg://clm@127.0.0.1:5432/clm",
         description="SQLAlchemy URL of PostgreSQL (asyncpg driver).",
     )
-    topic_namespace: str = Field(
-        "", description="Prefix put before every topic name (isolates test runs or tenants)."
-    )
-    schema_namespace: str = Field(
-        "", description="Prefix put before every service's PostgreSQL schema name."
-    )
+    topic_namespace: str = Field("", description="Prefix put before every topic name (isolates test runs or tenants).")
+    schema_namespace: str = Field("", description="Prefix put before every service's PostgreSQL schema name.")
     kafka_partitions: int = Field(6, ge=1, le=1000, description="Partitions of topics the platform creates.")
     kafka_replication_factor: int = Field(1, ge=1, le=10, description="Replication factor of created topics.")
-    kafka_request_timeout_s: float = Field(5.0, gt=0, description="How long a Kafka call may take before it fails.")
     host: str = Field("127.0.0.1", description="Interface the HTTP servers listen on.")
     ingest_port: int = Field(8001, ge=1, le=65535, description="Port of the ingest API.")
     stage_engine_port: int = Field(8002, ge=1, le=65535, description="Port of the stage-engine customer API.")

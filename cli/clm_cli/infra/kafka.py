@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -114,14 +115,20 @@ class KafkaServer:
             )
         work = self.libs_dir.parent
         work.mkdir(parents=True, exist_ok=True)
-        (work / "pom.xml").write_text(
-            _POM.format(kafka=KAFKA_VERSION, log4j=LOG4J_VERSION, slf4j=SLF4J_VERSION)
-        )
+        (work / "pom.xml").write_text(_POM.format(kafka=KAFKA_VERSION, log4j=LOG4J_VERSION, slf4j=SLF4J_VERSION))
         staging = work / "libs.partial"
         shutil.rmtree(staging, ignore_errors=True)
         run(
-            [mvn, "-q", "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
-             f"-DoutputDirectory={staging}", "-DexcludeArtifactIds=reload4j,slf4j-reload4j"],
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(work / "pom.xml"),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={staging}",
+                "-DexcludeArtifactIds=reload4j,slf4j-reload4j",
+            ],
             what=f"downloading Kafka {KAFKA_VERSION} jars with Maven",
             hint="Check that Maven can reach its package registry (mvn -v; ~/.m2/settings.xml), then retry.",
         )
@@ -132,9 +139,15 @@ class KafkaServer:
 
     def _java(self, main: str, *args: str, heap: str = "-Xmx256m") -> list[str]:
         return [
-            "java", heap, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            "java",
+            heap,
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
-            "-cp", f"{self.libs_dir}/*", main, *args,
+            "-cp",
+            f"{self.libs_dir}/*",
+            main,
+            *args,
         ]
 
     def _configure(self) -> Path:
@@ -161,8 +174,16 @@ class KafkaServer:
         properties = self._configure()
         if not (self.data_dir / "logs" / "meta.properties").exists():
             run(
-                self._java("kafka.tools.StorageTool", "format", "-t", CLUSTER_ID, "-c", str(properties),
-                           "--standalone", "--ignore-formatted"),
+                self._java(
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    CLUSTER_ID,
+                    "-c",
+                    str(properties),
+                    "--standalone",
+                    "--ignore-formatted",
+                ),
                 what="formatting Kafka storage",
                 hint=f"Remove {self.data_dir / 'logs'} if it holds another cluster's data.",
             )
@@ -182,7 +203,9 @@ class KafkaServer:
         deadline = time.monotonic() + timeout_s
         while not asyncio.run(broker_reachable(self.bootstrap, timeout_s=2.0)):
             if not self.running_pid():
-                raise InfraError(f"Kafka exited during start-up; its log ({self.log_file}) ends:\n{tail(self.log_file)}")
+                raise InfraError(
+                    f"Kafka exited during start-up; its log ({self.log_file}) ends:\n{tail(self.log_file)}"
+                )
             if time.monotonic() > deadline:
                 raise InfraError(f"Kafka did not answer within {timeout_s:.0f}s; see {self.log_file}")
             time.sleep(0.25)
@@ -192,9 +215,7 @@ class KafkaServer:
         if pid is None:
             return False
         terminate(pid, timeout_s=30)
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reap it when it was our own child
-        except ChildProcessError:
-            pass
         self.pid_file.unlink(missing_ok=True)
         return True

@@ -27,9 +27,7 @@ def _as_root() -> bool:
 
 def find_bin_dir() -> Path | None:
     """The newest installed server's bin folder (Debian keeps them per major version)."""
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3])
-    )
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
     return Path(candidates[-1]).parent if candidates else None
 
 
@@ -103,8 +101,16 @@ class PostgresServer:
         if _as_root():
             shutil.chown(self.data_dir, SERVER_USER, SERVER_USER)
         run(
-            self._server_cmd(bin_dir, "initdb", "-D", str(self.cluster_dir), "--auth=trust",
-                             f"--username={self.user}", "--encoding=UTF8", "--no-locale"),
+            self._server_cmd(
+                bin_dir,
+                "initdb",
+                "-D",
+                str(self.cluster_dir),
+                "--auth=trust",
+                f"--username={self.user}",
+                "--encoding=UTF8",
+                "--no-locale",
+            ),
             what="initdb",
             hint=f"Remove {self.cluster_dir} if a broken cluster is left there.",
         )
@@ -115,7 +121,8 @@ class PostgresServer:
             return False
         status = subprocess.run(
             self._server_cmd(bin_dir, "pg_ctl", "status", "-D", str(self.cluster_dir)),
-            capture_output=True, check=False,
+            capture_output=True,
+            check=False,
         )
         return status.returncode == 0
 
@@ -131,8 +138,20 @@ class PostgresServer:
             )
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='' -c fsync=on"
         run(
-            self._server_cmd(bin_dir, "pg_ctl", "start", "-D", str(self.cluster_dir), "-l", str(self.log_file),
-                             "-w", "-t", "60", "-o", options),
+            self._server_cmd(
+                bin_dir,
+                "pg_ctl",
+                "start",
+                "-D",
+                str(self.cluster_dir),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                options,
+            ),
             what="starting PostgreSQL",
             hint=f"See {self.log_file}:\n{tail(self.log_file)}",
         )

@@ -63,7 +63,12 @@ def run(cmd: Sequence[str], *, what: str, hint: str, timeout_s: float = 600, **k
     """Run a command; on failure raise InfraError with the hint and the output's last lines."""
     try:
         done = subprocess.run(
-            list(cmd), capture_output=True, text=True, timeout=timeout_s, check=False, **kwargs  # type: ignore[call-overload]
+            list(cmd),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            **kwargs,  # type: ignore[call-overload]
         )
     except FileNotFoundError as exc:
         raise InfraError(f"{what} failed: {cmd[0]} not found. {hint}") from exc

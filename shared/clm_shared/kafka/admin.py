@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 
@@ -25,10 +26,9 @@ async def ensure_topics(
         ]
         if not wanted:
             return
-        try:
+        # Another process may create them in between: that is what we wanted anyway.
+        with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics(wanted)
-        except TopicAlreadyExistsError:
-            pass  # another process created them in between: that is what we wanted
         await _wait_for_leaders(admin, [t.name for t in wanted], timeout_s)
     finally:
         await admin.close()

@@ -18,9 +18,7 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-RECORDS_CONSUMED = Counter(
-    "clm_consumer_records_total", "Records handled by a consumer loop.", ["group", "topic"]
-)
+RECORDS_CONSUMED = Counter("clm_consumer_records_total", "Records handled by a consumer loop.", ["group", "topic"])
 RECORDS_DEAD_LETTERED = Counter(
     "clm_consumer_dead_letter_total", "Records sent to the dead-letter topic.", ["group", "topic", "reason"]
 )
@@ -191,4 +189,3 @@ class ConsumerLoop(Generic[T]):
 
 def _headers(record: ConsumerRecord[bytes, bytes]) -> Headers:
     return list(record.headers or ())
-

@@ -88,8 +88,7 @@ class Publisher:
 
         async def send_all() -> None:
             futures = [
-                await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers) or None)
-                for r in records
+                await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers) or None) for r in records
             ]
             await asyncio.gather(*futures)
 

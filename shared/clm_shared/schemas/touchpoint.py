@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clm_shared.categories import Category
 
-TOUCHPOINT_SCHEMA_VERSION = 1
+TOUCHPOINT_SCHEMA_VERSION: Literal[1] = 1
 
 CallType = Literal["track", "identify", "page", "screen", "group", "alias"]
 

@@ -1,0 +1,68 @@
+"""docker-compose.yml cannot be started here (no Docker engine), so its structure is checked instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from clm_cli.stack import SERVICES
+from clm_shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def test_infrastructure_is_the_official_kafka_in_kraft_mode_and_postgres(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]
+    assert kafka["image"].startswith("apache/kafka:4.")
+    assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]
+    assert "ZOOKEEPER" not in " ".join(kafka["environment"])
+    assert compose["services"]["postgres"]["image"].startswith("postgres:")
+
+
+def test_every_container_has_a_health_check(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        assert service["healthcheck"]["test"], name
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_each_platform_service_is_built_from_the_repo_and_waits_for_healthy_dependencies(
+    compose: dict[str, Any], name: str
+) -> None:
+    service = compose["services"][name]
+    assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
+    assert service["command"] == ["python", "-m", SERVICES[name]]
+    assert service["depends_on"] == {
+        "kafka": {"condition": "service_healthy"},
+        "postgres": {"condition": "service_healthy"},
+    }
+    port = Settings().port_of(name)
+    assert service["ports"] == [f"{port}:{port}"]
+    assert f"127.0.0.1:{port}/readyz" in " ".join(service["healthcheck"]["test"])
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_services_use_only_real_settings_pointing_at_the_compose_network(compose: dict[str, Any], name: str) -> None:
+    env = compose["services"][name]["environment"]
+    fields = {f"CLM_{field.upper()}" for field in Settings.model_fields}
+    assert set(env) <= fields
+    settings = Settings(**{key.removeprefix("CLM_").lower(): value for key, value in env.items()})
+    assert settings.kafka_bootstrap == "kafka:9092"
+    assert "@postgres:5432/" in settings.database_url
+    assert settings.host == "0.0.0.0"
+
+
+def test_broker_and_database_data_live_in_declared_named_volumes(compose: dict[str, Any]) -> None:
+    mounted = {
+        volume.split(":")[0] for name in ("kafka", "postgres") for volume in compose["services"][name]["volumes"]
+    }
+    assert mounted == {"kafka-data", "postgres-data"}
+    assert set(compose["volumes"]) == mounted

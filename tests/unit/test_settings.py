@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from clm_shared.errors import describe_settings_error
+from clm_shared.settings import Settings
+
+
+def test_defaults_match_the_documented_ports() -> None:
+    settings = Settings()
+    assert [settings.port_of(s) for s in ("ingest", "stage-engine", "metrics", "campaigns")] == [
+        8001,
+        8002,
+        8003,
+        8004,
+    ]
+    assert settings.kafka_bootstrap == "127.0.0.1:9092"
+
+
+def test_settings_come_from_clm_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLM_INGEST_PORT", "9101")
+    monkeypatch.setenv("CLM_KAFKA_BOOTSTRAP", "broker-a:9092,broker-b:9092")
+    settings = Settings()
+    assert settings.ingest_port == 9101
+    assert settings.kafka_bootstrap == "broker-a:9092,broker-b:9092"
+    assert "kafka_bootstrap" in settings.model_fields_set
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CLM_KAFKA_BOOTSTRAP", "no-port"),
+        ("CLM_DATABASE_URL", "postgresql://clm@localhost/clm"),
+        ("CLM_INGEST_PORT", "70000"),
+        ("CLM_LOG_LEVEL", "LOUD"),
+        ("CLM_TOPIC_NAMESPACE", "bad-name!"),
+    ],
+)
+def test_a_bad_value_is_reported_with_the_setting_name(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert describe_settings_error(caught.value).startswith(variable + ":")
+
+
+def test_a_service_refuses_to_start_on_a_bad_setting_without_a_traceback() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ingest"],
+        env={"CLM_DATABASE_URL": "mysql://nope", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "CLM_DATABASE_URL" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_readme_documents_every_setting() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [f"CLM_{name.upper()}" for name in Settings.model_fields if f"`CLM_{name.upper()}`" not in readme]
+    assert missing == []

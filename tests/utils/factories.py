@@ -1,0 +1,48 @@
+"""Factories for test data, instead of copied JSON blobs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from clm_shared.categories import categorize
+from clm_shared.schemas.touchpoint import Touchpoint
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def touchpoint(
+    event: str = "Product Viewed",
+    *,
+    customer: str = "user-1",
+    call_type: str = "track",
+    at: datetime = T0,
+    **properties: Any,
+) -> Touchpoint:
+    return Touchpoint(
+        message_id=str(uuid.uuid4()),
+        type=call_type,
+        customer_key=customer,
+        user_id=customer,
+        event=event,
+        category=categorize(call_type, event),
+        properties=properties,
+        timestamp=at,
+        received_at=at,
+    )
+
+
+def track_call(event: str = "Product Viewed", **overrides: Any) -> dict[str, Any]:
+    """A Segment track call as an SDK sends it."""
+    body: dict[str, Any] = {
+        "type": "track",
+        "event": event,
+        "userId": "user-1",
+        "messageId": str(uuid.uuid4()),
+        "timestamp": "2026-01-01T00:00:00Z",
+        "properties": {},
+        "context": {"library": {"name": "analytics-python", "version": "2.4.0"}},
+    }
+    body.update(overrides)
+    return body
