@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     schema_namespace: str = Field("", description="Prefix put before every service's PostgreSQL schema name.")
     kafka_partitions: int = Field(6, ge=1, le=1000, description="Partitions of topics the platform creates.")
     kafka_replication_factor: int = Field(1, ge=1, le=10, description="Replication factor of created topics.")
+    ingest_publish_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="How long ingest waits for Kafka's acknowledgement before answering 503."
+    )
+    ingest_linger_ms: int = Field(
+        2, ge=0, le=1000, description="Producer linger: how long ingest waits to fill a batch to Kafka."
+    )
     host: str = Field("127.0.0.1", description="Interface the HTTP servers listen on.")
     ingest_port: int = Field(8001, ge=1, le=65535, description="Port of the ingest API.")
     stage_engine_port: int = Field(8002, ge=1, le=65535, description="Port of the stage-engine customer API.")

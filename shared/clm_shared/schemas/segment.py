@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MAX_MESSAGE_ID_LENGTH = 99  # Segment rejects a messageId of 100 characters or more.
 MAX_BATCH_EVENTS = 2500
+
+
+def _assume_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+# ISO 8601; a time without an offset is taken as UTC, as Segment does.
+Timestamp = Annotated[datetime, AfterValidator(_assume_utc)]
 
 # Segment SDKs send ids as strings, but some backends send numbers: keep them, as text.
 Id = Annotated[str | None, Field(default=None, max_length=1024)]
@@ -27,13 +35,14 @@ class SegmentCall(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="ignore", str_strip_whitespace=False)
 
+    type: str
     message_id: str | None = Field(None, alias="messageId", min_length=1, max_length=MAX_MESSAGE_ID_LENGTH)
     user_id: Id = Field(None, alias="userId")
-    anonymous_id: Id = Field(None, alias="anonymousId")
+    anonymous_id: Id = Field(None, alias="anonymousId", validate_default=True)
     context: dict[str, Any] = Field(default_factory=dict)
     integrations: dict[str, Any] = Field(default_factory=dict)
-    timestamp: datetime | None = None
-    sent_at: datetime | None = Field(None, alias="sentAt")
+    timestamp: Timestamp | None = None
+    sent_at: Timestamp | None = Field(None, alias="sentAt")
     write_key: str | None = Field(None, alias="writeKey", exclude=True)
 
     @field_validator("user_id", "anonymous_id", mode="before")
@@ -41,16 +50,18 @@ class SegmentCall(BaseModel):
     def _ids_as_text(cls, value: Any) -> Any:
         return _id_to_text(value)
 
-    @field_validator("user_id", "anonymous_id")
+    @field_validator("user_id")
     @classmethod
-    def _empty_id_is_none(cls, value: str | None) -> str | None:
-        return value if value else None
+    def _empty_user_id_is_none(cls, value: str | None) -> str | None:
+        return value or None
 
-    @model_validator(mode="after")
-    def _needs_an_identity(self) -> SegmentCall:
-        if not self.user_id and not self.anonymous_id:
+    @field_validator("anonymous_id")
+    @classmethod
+    def _needs_an_identity(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Runs after user_id (fields validate in order), so the error can name the missing field.
+        if not value and not info.data.get("user_id"):
             raise ValueError("userId or anonymousId is required")
-        return self
+        return value or None
 
     @property
     def customer_key(self) -> str:
@@ -127,5 +138,5 @@ class BatchCall(BaseModel):
     batch: list[AnyCall] = Field(max_length=MAX_BATCH_EVENTS)
     context: dict[str, Any] = Field(default_factory=dict)
     integrations: dict[str, Any] = Field(default_factory=dict)
-    sent_at: datetime | None = Field(None, alias="sentAt")
+    sent_at: Timestamp | None = Field(None, alias="sentAt")
     write_key: str | None = Field(None, alias="writeKey", exclude=True)

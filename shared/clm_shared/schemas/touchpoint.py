@@ -37,6 +37,7 @@ class Touchpoint(BaseModel):
     original_timestamp: datetime | None = Field(None, description="The client's own timestamp.")
     sent_at: datetime | None = None
     received_at: datetime
+    source: str | None = Field(None, description="Name of the write key the event came in with.")
 
     @property
     def revenue(self) -> float:

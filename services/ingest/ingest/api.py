@@ -1,0 +1,177 @@
+"""The Segment-compatible tracking endpoints: ``POST /v1/{track,identify,page,screen,group,alias,batch}``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from clm_shared.kafka.producer import PublishUnavailable
+from clm_shared.schemas.segment import CALL_MODELS, BatchCall
+from ingest.auth import WriteKeys, key_from_basic_auth
+from ingest.normalize import to_touchpoint
+from ingest.publishing import TouchpointPublisher
+from ingest.requests import ENDPOINTS, Rejected, decode_body, parse_request
+from ingest.telemetry import EVENTS_ACCEPTED, EVENTS_REJECTED, PUBLISH_SECONDS, REQUEST_SECONDS
+
+log = structlog.get_logger(__name__)
+
+ACCEPTED_BODY = orjson.dumps({"success": True})
+
+
+@dataclass
+class IngestRuntime:
+    """What the endpoints need, built once by the app factory."""
+
+    keys: WriteKeys
+    touchpoints: TouchpointPublisher
+    retry_after_s: int = 5
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+
+class Accepted(BaseModel):
+    success: bool = True
+
+
+class ErrorItem(BaseModel):
+    index: int | None
+    type: str | None
+    field: str
+    message: str
+
+
+class Refusal(BaseModel):
+    success: bool = False
+    message: str
+    errors: list[ErrorItem]
+
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": Refusal, "description": "The body is not JSON, or not valid gzip."},
+    401: {"model": Refusal, "description": "No write key, or an unknown or revoked one."},
+    413: {"model": Refusal, "description": "Over 32 KB for one event or 500 KB for the request."},
+    422: {"model": Refusal, "description": "Invalid events: each error names the event's index and the field."},
+    503: {"model": Refusal, "description": "Kafka did not acknowledge in time; retry after `Retry-After` seconds."},
+}
+
+
+async def ingest(request: Request, endpoint: str) -> Response:
+    runtime: IngestRuntime = request.app.state.ingest
+    started = time.perf_counter()
+    try:
+        accepted = await _accept(request, endpoint, runtime)
+        EVENTS_ACCEPTED.labels(endpoint).inc(accepted)
+        return Response(ACCEPTED_BODY, media_type="application/json")
+    except Rejected as refusal:
+        EVENTS_REJECTED.labels(refusal.reason).inc(refusal.events)
+        headers = {"WWW-Authenticate": 'Basic realm="clm"'} if refusal.status == 401 else None
+        return Response(orjson.dumps(refusal.body()), refusal.status, headers, media_type="application/json")
+    except PublishUnavailable as exc:
+        EVENTS_REJECTED.labels("unavailable").inc()
+        log.warning("broker unavailable; answering 503", endpoint=endpoint, error=str(exc))
+        body = {"success": False, "message": "the event store is unavailable; retry later", "errors": []}
+        return Response(
+            orjson.dumps(body), 503, {"Retry-After": str(runtime.retry_after_s)}, media_type="application/json"
+        )
+    finally:
+        REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+
+
+async def _accept(request: Request, endpoint: str, runtime: IngestRuntime) -> int:
+    """Check, validate, normalize and publish a request; returns how many events Kafka acknowledged."""
+    header_key = key_from_basic_auth(request.headers.get("authorization"))
+    if header_key is not None and await runtime.keys.name_of(header_key) is None:
+        raise Rejected(401, "unknown or revoked write key")
+    body = decode_body(await request.body(), request.headers.get("content-encoding"))
+    parsed = parse_request(body, endpoint)
+    key = header_key or parsed.write_key
+    source = await runtime.keys.name_of(key) if key else None
+    if source is None:
+        message = "unknown or revoked write key" if key else "a write key is needed (HTTP Basic user name)"
+        raise Rejected(401, message, events=len(parsed.calls))
+    received_at = runtime.clock()
+    touchpoints = [
+        to_touchpoint(
+            call,
+            received_at=received_at,
+            source=source,
+            batch_context=parsed.context,
+            batch_integrations=parsed.integrations,
+            batch_sent_at=parsed.sent_at,
+        )
+        for call in parsed.calls
+    ]
+    published = time.perf_counter()
+    await runtime.touchpoints.publish(touchpoints)
+    PUBLISH_SECONDS.observe(time.perf_counter() - published)
+    return len(touchpoints)
+
+
+def _route(endpoint: str) -> Callable[[Request], Any]:
+    async def handler(request: Request) -> Response:
+        return await ingest(request, endpoint)
+
+    handler.__name__ = f"post_{endpoint}"
+    return handler
+
+
+_MODELS: dict[str, type[BaseModel]] = {**CALL_MODELS, "batch": BatchCall}
+_SUMMARIES = {
+    "track": "Record an action a customer performed (Segment track)",
+    "identify": "Tie a customer to their traits (Segment identify)",
+    "page": "Record a web page view (Segment page)",
+    "screen": "Record a mobile screen view (Segment screen)",
+    "group": "Associate a customer with a group or account (Segment group)",
+    "alias": "Merge an earlier identity into a user id (Segment alias)",
+    "batch": "Send up to 2,500 calls of any type at once (Segment batch)",
+}
+
+router = APIRouter(prefix="/v1", tags=["tracking"])
+for _endpoint in ENDPOINTS:
+    router.add_api_route(
+        f"/{_endpoint}",
+        _route(_endpoint),
+        methods=["POST"],
+        summary=_SUMMARIES[_endpoint],
+        response_model=Accepted,
+        responses=RESPONSES,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{_MODELS[_endpoint].__name__}"}}
+                },
+            },
+            "security": [{"writeKey": []}],
+        },
+    )
+
+
+def install_openapi(app: FastAPI) -> None:
+    """The request bodies are read raw (gzip, our own errors), so their schemas are added here."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        _, definitions = models_json_schema(
+            [(model, "validation") for model in _MODELS.values()], ref_template="#/components/schemas/{model}"
+        )
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {}).update(definitions.get("$defs", {}))
+        components["securitySchemes"] = {
+            "writeKey": {"type": "http", "scheme": "basic", "description": "The write key as user name."}
+        }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,87 @@
+"""Segment calls to normalized touchpoints: server-side times, generated ids, categories (pure)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from clm_shared.categories import categorize
+from clm_shared.schemas.segment import (
+    AliasCall,
+    GroupCall,
+    IdentifyCall,
+    PageCall,
+    ScreenCall,
+    SegmentCall,
+    TrackCall,
+)
+from clm_shared.schemas.touchpoint import Touchpoint
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+def corrected_timestamp(timestamp: datetime | None, sent_at: datetime | None, received_at: datetime) -> datetime:
+    """Segment's clock-skew correction: ``receivedAt - (sentAt - timestamp)`` when both are known.
+
+    A client whose clock is off shifts ``timestamp`` and ``sentAt`` alike, so their difference is
+    trustworthy while the absolute values are not.
+    """
+    if timestamp is None:
+        return received_at
+    if sent_at is None:
+        return timestamp
+    return received_at - (sent_at - timestamp)
+
+
+def to_touchpoint(
+    call: SegmentCall,
+    *,
+    received_at: datetime,
+    source: str | None = None,
+    batch_context: dict[str, Any] | None = None,
+    batch_integrations: dict[str, Any] | None = None,
+    batch_sent_at: datetime | None = None,
+    message_id: Callable[[], str] = new_message_id,
+) -> Touchpoint:
+    """One touchpoint per call; batch-level context, integrations and sentAt fill what the item lacks."""
+    sent_at = call.sent_at or batch_sent_at
+    event: str | None = None
+    properties: dict[str, Any] = {}
+    traits: dict[str, Any] = {}
+    group_id = previous_id = None
+    if isinstance(call, TrackCall):
+        event, properties = call.event, call.properties
+    elif isinstance(call, PageCall | ScreenCall):
+        event, properties = call.name, call.properties
+        if call.category is not None:
+            properties = {"category": call.category, **properties}
+    elif isinstance(call, IdentifyCall):
+        traits = call.traits
+    elif isinstance(call, GroupCall):
+        traits, group_id = call.traits, call.group_id
+    elif isinstance(call, AliasCall):
+        previous_id = call.previous_id
+    return Touchpoint(
+        message_id=call.message_id or message_id(),
+        type=call.type,
+        customer_key=call.customer_key,
+        user_id=call.user_id,
+        anonymous_id=call.anonymous_id,
+        event=event,
+        category=categorize(call.type, event),
+        properties=properties,
+        traits=traits,
+        context={**(batch_context or {}), **call.context},
+        integrations={**(batch_integrations or {}), **call.integrations},
+        group_id=group_id,
+        previous_id=previous_id,
+        timestamp=corrected_timestamp(call.timestamp, sent_at, received_at),
+        original_timestamp=call.timestamp,
+        sent_at=sent_at,
+        received_at=received_at,
+        source=source,
+    )

@@ -1,0 +1,168 @@
+"""HTTP bodies to validated Segment calls, or a rejection that names each bad event and field (pure)."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from clm_shared.schemas.segment import CALL_MODELS, MAX_BATCH_EVENTS, SegmentCall, Timestamp
+
+MAX_REQUEST_BYTES = 500 * 1024
+MAX_EVENT_BYTES = 32 * 1024
+ENDPOINTS = (*CALL_MODELS, "batch")
+_TIMESTAMP: TypeAdapter[datetime] = TypeAdapter(Timestamp)
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One bad field; ``index`` is the event's place in the batch (None for the request's own fields)."""
+
+    index: int | None
+    field: str
+    message: str
+    type: str | None = None
+
+
+class Rejected(Exception):
+    """The request is refused as a whole; nothing of it is published."""
+
+    def __init__(self, status: int, message: str, errors: list[FieldError] | None = None, *, events: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+        self.events = events  # how many events the refusal covers, for the rejected-events counter
+        self.message = message
+        self.errors = errors or []
+        self.reason = {400: "malformed", 401: "auth", 413: "too_large", 422: "invalid"}.get(status, "other")
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "success": False,
+            "message": self.message,
+            "errors": [{"index": e.index, "type": e.type, "field": e.field, "message": e.message} for e in self.errors],
+        }
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    calls: list[SegmentCall]
+    write_key: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    integrations: dict[str, Any] = field(default_factory=dict)
+    sent_at: datetime | None = None
+
+
+def decode_body(raw: bytes, content_encoding: str | None) -> bytes:
+    """Undo gzip (bounded, so a small bomb cannot expand past the request limit)."""
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise Rejected(413, f"request body is over {MAX_REQUEST_BYTES // 1024} KB")
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return raw
+    if encoding != "gzip":
+        raise Rejected(400, f"unsupported Content-Encoding {content_encoding!r}: send gzip or none")
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        body = inflater.decompress(raw, MAX_REQUEST_BYTES + 1)
+    except zlib.error as exc:
+        raise Rejected(400, f"body is not valid gzip: {exc}") from exc
+    if len(body) > MAX_REQUEST_BYTES:
+        raise Rejected(413, f"decompressed request body is over {MAX_REQUEST_BYTES // 1024} KB")
+    if not inflater.eof:
+        raise Rejected(400, "body is not valid gzip: truncated stream")
+    return body
+
+
+def parse_request(body: bytes, endpoint: str) -> ParsedRequest:
+    """Validate a whole request: one bad event rejects it with every error found."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected(400, f"body is not JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise Rejected(422, "body must be a JSON object", [FieldError(0, "(body)", "expected an object")])
+    if endpoint == "batch":
+        return _parse_batch(payload)
+    _check_event_size(payload, 0)
+    call = _validate(payload, endpoint, 0)
+    if isinstance(call, list):
+        raise Rejected(422, "the event is invalid", call)
+    return ParsedRequest([call], write_key=_write_key(payload))
+
+
+def _parse_batch(payload: dict[str, Any]) -> ParsedRequest:
+    items = payload.get("batch")
+    if not isinstance(items, list):
+        raise Rejected(422, "batch must be a list of events", [FieldError(None, "batch", "expected a list")])
+    if len(items) > MAX_BATCH_EVENTS:
+        raise Rejected(
+            422,
+            f"a batch holds at most {MAX_BATCH_EVENTS} events",
+            [FieldError(None, "batch", f"{len(items)} events")],
+            events=len(items),
+        )
+    errors: list[FieldError] = []
+    calls: list[SegmentCall] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            errors.append(FieldError(index, "(event)", "expected an object"))
+            continue
+        _check_event_size(item, index)
+        kind = item.get("type")
+        if kind not in CALL_MODELS:
+            errors.append(FieldError(index, "type", f"must be one of {', '.join(CALL_MODELS)}", str(kind)))
+            continue
+        result = _validate(item, kind, index)
+        if isinstance(result, list):
+            errors.extend(result)
+        else:
+            calls.append(result)
+    top = _batch_fields(payload)
+    if errors or isinstance(top, list):
+        request_errors = top if isinstance(top, list) else []
+        raise Rejected(
+            422, "the batch has invalid events; nothing was accepted", errors + request_errors, events=len(items)
+        )
+    context, integrations, sent_at = top
+    return ParsedRequest(calls, _write_key(payload), context, integrations, sent_at)
+
+
+def _batch_fields(
+    payload: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any], datetime | None] | list[FieldError]:
+    errors = []
+    context, integrations = payload.get("context", {}), payload.get("integrations", {})
+    for name, value in (("context", context), ("integrations", integrations)):
+        if not isinstance(value, dict):
+            errors.append(FieldError(None, name, "expected an object"))
+    sent_at = None
+    if payload.get("sentAt") is not None:
+        try:
+            sent_at = _TIMESTAMP.validate_python(payload["sentAt"])
+        except ValidationError:
+            errors.append(FieldError(None, "sentAt", "expected an ISO 8601 date-time"))
+    return errors or (context, integrations, sent_at)
+
+
+def _check_event_size(item: dict[str, Any], index: int) -> None:
+    size = len(orjson.dumps(item))
+    if size > MAX_EVENT_BYTES:
+        raise Rejected(413, f"event {index} is {size} bytes, over the {MAX_EVENT_BYTES // 1024} KB limit per event")
+
+
+def _validate(item: dict[str, Any], kind: str, index: int) -> SegmentCall | list[FieldError]:
+    try:
+        return CALL_MODELS[kind].model_validate({**item, "type": kind})
+    except ValidationError as exc:
+        return [
+            FieldError(index, ".".join(str(p) for p in e["loc"]) or "(event)", e["msg"], kind) for e in exc.errors()
+        ]
+
+
+def _write_key(payload: dict[str, Any]) -> str | None:
+    key = payload.get("writeKey")
+    return key if isinstance(key, str) and key else None
