@@ -44,18 +44,27 @@ async def topics(kafka_bootstrap: str, namespace: str) -> Topics:
     return topics
 
 
-@pytest.fixture
-async def settings(kafka_bootstrap: str, database_url: str, namespace: str) -> AsyncIterator[Settings]:
-    """Settings pointing at the test infrastructure under this test's namespace; its schemas are dropped after."""
-    yield Settings(
+def make_settings(kafka_bootstrap: str, database_url: str, namespace: str) -> Settings:
+    """Settings pointing at the test infrastructure, isolated under a namespace."""
+    return Settings(
         kafka_bootstrap=kafka_bootstrap,
         database_url=database_url,
         topic_namespace=namespace,
         schema_namespace=namespace,
         kafka_partitions=TEST_PARTITIONS,
     )
+
+
+async def drop_schemas(database_url: str, namespace: str) -> None:
     engine = create_engine(database_url, schema="public", pool_size=1)
     async with engine.begin() as conn:
         for schema in SERVICE_SCHEMAS.values():
             await conn.execute(text(f'DROP SCHEMA IF EXISTS "{namespace}{schema}" CASCADE'))
     await engine.dispose()
+
+
+@pytest.fixture
+async def settings(kafka_bootstrap: str, database_url: str, namespace: str) -> AsyncIterator[Settings]:
+    """This test's settings; its schemas are dropped after."""
+    yield make_settings(kafka_bootstrap, database_url, namespace)
+    await drop_schemas(database_url, namespace)

@@ -33,7 +33,7 @@ def _scratch_dir(name: str) -> Path:
     return path
 
 
-def _two_free_ports() -> int:
+def two_free_ports() -> int:
     """A port whose next port is free too (the broker's controller listens there)."""
     for _ in range(50):
         port = free_port()
@@ -54,7 +54,7 @@ def kafka_bootstrap() -> Iterator[str]:
             yield container.get_bootstrap_server()
         return
     scratch = _scratch_dir("kafka")
-    server = KafkaServer(cache_dir=ROOT / ".cache", data_dir=scratch, port=_two_free_ports(), heap_mb=512)
+    server = KafkaServer(cache_dir=ROOT / ".cache", data_dir=scratch, port=two_free_ports(), heap_mb=512)
     server.install()
     server.start()
     try:

@@ -18,6 +18,7 @@ from clm_cli.infra.process import InfraError, port_in_use, read_pid, terminate
 from clm_cli.stack import SERVICES
 from clm_shared.settings import Settings
 
+SUPERVISOR = "clm-up"
 COLORS = {"ingest": "cyan", "stage-engine": "magenta", "metrics": "green", "campaigns": "yellow"}
 
 
@@ -47,8 +48,24 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        pumps = []
+        pumps: list[asyncio.Task[None]] = []
         started_at = time.monotonic()
+        try:
+            await self._spawn(pumps)
+        except BaseException:
+            await self.shutdown()  # never leave half the platform running behind an error
+            raise
+        if not self.children:
+            self.console.print("all four services are already running")
+            return 0
+        own_pid = pid_file(self.settings, SUPERVISOR)
+        own_pid.write_text(str(os.getpid()))
+        try:
+            return await self._hold(stop, pumps, started_at)
+        finally:
+            own_pid.unlink(missing_ok=True)
+
+    async def _spawn(self, pumps: list[asyncio.Task[None]]) -> None:
         for name, module in SERVICES.items():
             port = self.settings.port_of(name)
             if await is_service(port, name):
@@ -70,9 +87,8 @@ class Supervisor:
             pid_file(self.settings, name).parent.mkdir(parents=True, exist_ok=True)
             pid_file(self.settings, name).write_text(str(process.pid))
             pumps.append(asyncio.create_task(self._pump(name, process)))
-        if not self.children:
-            self.console.print("all four services are already running")
-            return 0
+
+    async def _hold(self, stop: asyncio.Event, pumps: list[asyncio.Task[None]], started_at: float) -> int:
         exited = [asyncio.create_task(p.wait()) for p in self.children.values()]
         ready = asyncio.create_task(self._wait_ready(started_at))
         stopped = asyncio.create_task(stop.wait())
@@ -126,8 +142,12 @@ class Supervisor:
 
 
 def stop_services(settings: Settings) -> list[str]:
-    """Stop services left running by an earlier `clm up` (found by their pid files)."""
+    """Stop a running `clm up` (it then stops its services in order) and any service it left behind."""
     stopped = []
+    up_pid = read_pid(pid_file(settings, SUPERVISOR))
+    if up_pid is not None and up_pid != os.getpid():
+        terminate(up_pid, timeout_s=60)
+        stopped.append("clm up")
     for name in SERVICES:
         path = pid_file(settings, name)
         pid = read_pid(path)

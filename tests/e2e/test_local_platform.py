@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,21 +14,8 @@ import pytest
 from clm_cli.infra.process import free_port, port_in_use
 from clm_cli.stack import SERVICES
 from clm_shared.settings import Settings
+from tests.e2e.conftest import settings_env
 from tests.waiting import wait_for
-
-
-def service_env(settings: Settings, data_dir: Path, ports: dict[str, int]) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "CLM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "CLM_DATABASE_URL": settings.database_url,
-        "CLM_TOPIC_NAMESPACE": settings.topic_namespace,
-        "CLM_SCHEMA_NAMESPACE": settings.schema_namespace,
-        "CLM_KAFKA_PARTITIONS": str(settings.kafka_partitions),
-        "CLM_DATA_DIR": str(data_dir),
-    }
-    env.update({f"CLM_{name.replace('-', '_').upper()}_PORT": str(port) for name, port in ports.items()})
-    return env
 
 
 async def status(client: httpx.AsyncClient, port: int, path: str) -> int:
@@ -56,7 +42,7 @@ async def test_clm_up_brings_all_four_services_to_ready_and_sigint_stops_them(
     settings: Settings, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
     ports = {name: free_port() for name in SERVICES}
-    env = service_env(settings, tmp_path, ports)
+    env = settings_env(settings, tmp_path, ports)
     log = (tmp_path / "up.log").open("wb")
     up = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "clm_cli.main", "up", env=env, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL
@@ -101,7 +87,7 @@ async def test_a_service_starts_without_kafka_and_reports_not_ready(
 ) -> None:
     port = free_port()
     dead_kafka = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
-    env = service_env(dead_kafka, tmp_path, {"ingest": port})
+    env = settings_env(dead_kafka, tmp_path, {"ingest": port})
     log = (tmp_path / "ingest.log").open("wb")
     service = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ingest", env=env, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL

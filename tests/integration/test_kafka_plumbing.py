@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from clm_shared.kafka.admin import ensure_topics
@@ -23,6 +23,7 @@ from clm_shared.schemas.touchpoint import Touchpoint
 from clm_shared.serde import JsonDeserializer, JsonSerializer
 from clm_shared.topics import Topics
 from tests.utils.factories import touchpoint
+from tests.utils.kafka import read_records, topic_size
 from tests.waiting import wait_for
 
 serialize = JsonSerializer()
@@ -38,21 +39,6 @@ async def publisher(kafka_bootstrap: str) -> AsyncIterator[Publisher]:
 
 def record(tp: Touchpoint, topic: str) -> OutgoingRecord:
     return OutgoingRecord(topic, serialize(tp), key=tp.customer_key.encode())
-
-
-async def read_all(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes | None, dict[str, bytes]]]:
-    """Every record of a topic, once `expected` of them have arrived."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
-    await consumer.start()
-    found: list[tuple[bytes | None, dict[str, bytes]]] = []
-    try:
-        deadline = time.monotonic() + 30
-        while len(found) < expected and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                found.extend((r.value, dict(r.headers)) for r in records)
-    finally:
-        await consumer.stop()
-    return found
 
 
 async def offset_of(bootstrap: str, topic: str, value: bytes) -> int:
@@ -131,9 +117,9 @@ async def test_records_round_trip_and_an_undecodable_one_lands_on_the_dlq(
         assert [t.message_id for t in collector.seen if t.customer_key == customer] == [
             t.message_id for t in sent if t.customer_key == customer
         ]
-    dead = await read_all(kafka_bootstrap, topics.touchpoints_dlq, expected=1)
+    dead = await read_records(kafka_bootstrap, topics.touchpoints_dlq, expected=1)
     assert len(dead) == 1
-    value, headers = dead[0]
+    value, headers = dead[0].value, dict(dead[0].headers)
     assert value == b"{not json"
     assert headers[ERROR_HEADER].startswith(b"decode: not JSON")
     assert headers[SOURCE_TOPIC_HEADER] == topics.touchpoints.encode()
@@ -153,14 +139,14 @@ async def test_a_record_the_handler_keeps_failing_on_is_dead_lettered_and_the_re
     loop = make_loop(kafka_bootstrap, topics, publisher, collector, group=topics.namespace + "g")
     task = asyncio.create_task(loop.run())
     await wait_for(lambda: len(collector.seen) >= 5, what="the five good records")
-    dead = await read_all(kafka_bootstrap, topics.touchpoints_dlq, expected=1)
+    dead = await read_records(kafka_bootstrap, topics.touchpoints_dlq, expected=1)
     loop.stop()
     await task
 
     assert [t.message_id for t in collector.seen] == [t.message_id for t in good]
     assert len(dead) == 1
-    assert JsonDeserializer(Touchpoint)(dead[0][0]).message_id == poison.message_id
-    assert dead[0][1][ERROR_HEADER].startswith(b"handler: RuntimeError")
+    assert JsonDeserializer(Touchpoint)(dead[0].value).message_id == poison.message_id
+    assert dict(dead[0].headers)[ERROR_HEADER].startswith(b"handler: RuntimeError")
 
 
 async def test_a_restarted_group_resumes_after_its_committed_offsets(
@@ -216,11 +202,4 @@ async def test_end_offsets_count_every_acknowledged_record(
 ) -> None:
     sent = [touchpoint(customer=f"c{i}") for i in range(50)]
     await publisher.publish_many([record(tp, topics.touchpoints) for tp in sent])
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topics.touchpoints, p) for p in range(2)]
-        ends = await consumer.end_offsets(parts)
-    finally:
-        await consumer.stop()
-    assert sum(ends.values()) == 50
+    assert await topic_size(kafka_bootstrap, topics.touchpoints) == 50

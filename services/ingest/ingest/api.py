@@ -20,7 +20,7 @@ from clm_shared.schemas.segment import CALL_MODELS, BatchCall
 from ingest.auth import WriteKeys, key_from_basic_auth
 from ingest.normalize import to_touchpoint
 from ingest.publishing import TouchpointPublisher
-from ingest.requests import ENDPOINTS, Rejected, decode_body, parse_request
+from ingest.requests import ENDPOINTS, FieldError, Rejected, decode_body, parse_request
 from ingest.telemetry import EVENTS_ACCEPTED, EVENTS_REJECTED, PUBLISH_SECONDS, REQUEST_SECONDS
 
 log = structlog.get_logger(__name__)
@@ -99,17 +99,22 @@ async def _accept(request: Request, endpoint: str, runtime: IngestRuntime) -> in
         message = "unknown or revoked write key" if key else "a write key is needed (HTTP Basic user name)"
         raise Rejected(401, message, events=len(parsed.calls))
     received_at = runtime.clock()
-    touchpoints = [
-        to_touchpoint(
-            call,
-            received_at=received_at,
-            source=source,
-            batch_context=parsed.context,
-            batch_integrations=parsed.integrations,
-            batch_sent_at=parsed.sent_at,
-        )
-        for call in parsed.calls
-    ]
+    touchpoints = []
+    for index, call in enumerate(parsed.calls):
+        try:
+            touchpoints.append(
+                to_touchpoint(
+                    call,
+                    received_at=received_at,
+                    source=source,
+                    batch_context=parsed.context,
+                    batch_integrations=parsed.integrations,
+                    batch_sent_at=parsed.sent_at,
+                )
+            )
+        except ValueError as exc:  # a value the schema let through but a touchpoint cannot hold
+            error = FieldError(index, "(event)", str(exc), call.type)
+            raise Rejected(422, "an event cannot be normalized", [error]) from exc
     published = time.perf_counter()
     await runtime.touchpoints.publish(touchpoints)
     PUBLISH_SECONDS.observe(time.perf_counter() - published)

@@ -34,7 +34,10 @@ def corrected_timestamp(timestamp: datetime | None, sent_at: datetime | None, re
         return received_at
     if sent_at is None:
         return timestamp
-    return received_at - (sent_at - timestamp)
+    try:
+        return received_at - (sent_at - timestamp)
+    except OverflowError:  # absurd clocks (year 1 vs year 9999): keep what the client said
+        return timestamp
 
 
 def to_touchpoint(

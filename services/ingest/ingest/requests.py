@@ -155,12 +155,21 @@ def _check_event_size(item: dict[str, Any], index: int) -> None:
 
 
 def _validate(item: dict[str, Any], kind: str, index: int) -> SegmentCall | list[FieldError]:
+    model = CALL_MODELS[kind]
     try:
-        return CALL_MODELS[kind].model_validate({**item, "type": kind})
+        return model.model_validate({**item, "type": kind})
     except ValidationError as exc:
-        return [
-            FieldError(index, ".".join(str(p) for p in e["loc"]) or "(event)", e["msg"], kind) for e in exc.errors()
-        ]
+        return [FieldError(index, _field_name(model, e["loc"]), e["msg"], kind) for e in exc.errors()]
+
+
+def _field_name(model: type[SegmentCall], loc: tuple[int | str, ...]) -> str:
+    """The field as the client spelled it (camelCase), also for errors raised on defaults."""
+    if not loc:
+        return "(event)"
+    head = loc[0]
+    field = model.model_fields.get(head) if isinstance(head, str) else None
+    first = field.alias if field is not None and field.alias else str(head)
+    return ".".join([first, *(str(part) for part in loc[1:])])
 
 
 def _write_key(payload: dict[str, Any]) -> str | None:
