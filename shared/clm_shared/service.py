@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_shared.db import create_engine, database_reachable, service_schema
@@ -75,6 +78,7 @@ def create_service_app(
     title: str | None = None,
 ) -> FastAPI:
     """A FastAPI app with the service's lifespan (database, migrations, topics) and ops endpoints."""
+    configure_logging(settings.log_level, settings.log_format, service=name)  # again in each worker
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -126,22 +130,35 @@ def ops_router(name: str) -> APIRouter:
 
     @router.get("/metrics")
     async def metrics() -> Response:
-        """Prometheus exposition of this process's metrics."""
+        """Prometheus exposition of this service's metrics (all its worker processes)."""
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router
 
 
-def run_service(name: str, app_factory: Callable[[Settings], FastAPI]) -> None:
-    """Entrypoint of a service process: settings, logging, then uvicorn on the service's port."""
+def run_service(name: str, app_factory: Callable[[Settings], FastAPI], *, workers: int = 1) -> None:
+    """Entrypoint of a service process: settings, logging, then uvicorn on the service's port.
+
+    With several workers, uvicorn starts each from ``app_factory``'s import path, and Prometheus
+    runs in multiprocess mode so ``/metrics`` adds up every worker.
+    """
     settings = load_settings_or_exit()
     configure_logging(settings.log_level, settings.log_format, service=name)
-    uvicorn.run(
-        app_factory(settings),
-        host=settings.host,
-        port=settings.port_of(name),
-        log_config=None,
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-    )
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port_of(name),
+        "log_config": None,
+        "access_log": False,
+        "loop": "uvloop",
+        "http": "httptools",
+    }
+    if workers <= 1:
+        uvicorn.run(app_factory(settings), **options)
+        return
+    with tempfile.TemporaryDirectory(prefix=f"clm-{name}-prometheus-") as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        uvicorn.run(f"{app_factory.__module__}:{app_factory.__name__}", factory=True, workers=workers, **options)

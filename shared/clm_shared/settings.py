@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     ingest_publish_timeout_s: float = Field(
         5.0, gt=0, le=60, description="How long ingest waits for Kafka's acknowledgement before answering 503."
     )
+    ingest_workers: int = Field(
+        1, ge=1, le=64, description="Worker processes of the ingest API (each with its own Kafka producer)."
+    )
     ingest_linger_ms: int = Field(
         2, ge=0, le=1000, description="Producer linger: how long ingest waits to fill a batch to Kafka."
     )

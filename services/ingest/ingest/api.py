@@ -10,10 +10,11 @@ from typing import Any
 
 import orjson
 import structlog
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
+from starlette.routing import Route
 
 from clm_shared.kafka.producer import PublishUnavailable
 from clm_shared.schemas.segment import CALL_MODELS, BatchCall
@@ -55,12 +56,13 @@ class Refusal(BaseModel):
     errors: list[ErrorItem]
 
 
-RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": Refusal, "description": "The body is not JSON, or not valid gzip."},
-    401: {"model": Refusal, "description": "No write key, or an unknown or revoked one."},
-    413: {"model": Refusal, "description": "Over 32 KB for one event or 500 KB for the request."},
-    422: {"model": Refusal, "description": "Invalid events: each error names the event's index and the field."},
-    503: {"model": Refusal, "description": "Kafka did not acknowledge in time; retry after `Retry-After` seconds."},
+RESPONSES: dict[int, str] = {
+    200: "Every event is durably in Kafka.",
+    400: "The body is not JSON, or not valid gzip.",
+    401: "No write key, or an unknown or revoked one.",
+    413: "Over 32 KB for one event or 500 KB for the request.",
+    422: "Invalid events: each error names the event's index and the field.",
+    503: "Kafka did not acknowledge in time; retry after `Retry-After` seconds.",
 }
 
 
@@ -121,12 +123,12 @@ async def _accept(request: Request, endpoint: str, runtime: IngestRuntime) -> in
     return len(touchpoints)
 
 
-def _route(endpoint: str) -> Callable[[Request], Any]:
+def _route(endpoint: str) -> Route:
     async def handler(request: Request) -> Response:
         return await ingest(request, endpoint)
 
-    handler.__name__ = f"post_{endpoint}"
-    return handler
+    # A plain Starlette route: the hot path skips FastAPI's dependency machinery (~20% per request).
+    return Route(f"/v1/{endpoint}", handler, methods=["POST"], name=f"post_{endpoint}")
 
 
 _MODELS: dict[str, type[BaseModel]] = {**CALL_MODELS, "batch": BatchCall}
@@ -140,43 +142,44 @@ _SUMMARIES = {
     "batch": "Send up to 2,500 calls of any type at once (Segment batch)",
 }
 
-router = APIRouter(prefix="/v1", tags=["tracking"])
-for _endpoint in ENDPOINTS:
-    router.add_api_route(
-        f"/{_endpoint}",
-        _route(_endpoint),
-        methods=["POST"],
-        summary=_SUMMARIES[_endpoint],
-        response_model=Accepted,
-        responses=RESPONSES,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": f"#/components/schemas/{_MODELS[_endpoint].__name__}"}}
-                },
-            },
-            "security": [{"writeKey": []}],
-        },
-    )
 
-
-def install_openapi(app: FastAPI) -> None:
-    """The request bodies are read raw (gzip, our own errors), so their schemas are added here."""
+def install_tracking_api(app: FastAPI) -> None:
+    """Mount the endpoints and describe them in the OpenAPI document (they read their bodies raw)."""
+    app.router.routes.extend(_route(endpoint) for endpoint in ENDPOINTS)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        models: list[type[BaseModel]] = [*_MODELS.values(), Accepted, Refusal]
         _, definitions = models_json_schema(
-            [(model, "validation") for model in _MODELS.values()], ref_template="#/components/schemas/{model}"
+            [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"
         )
         components = schema.setdefault("components", {})
         components.setdefault("schemas", {}).update(definitions.get("$defs", {}))
         components["securitySchemes"] = {
             "writeKey": {"type": "http", "scheme": "basic", "description": "The write key as user name."}
         }
+        for endpoint in ENDPOINTS:
+            schema["paths"][f"/v1/{endpoint}"] = {"post": _operation(endpoint)}
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _operation(endpoint: str) -> dict[str, Any]:
+    def body(model: str) -> dict[str, Any]:
+        return {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}
+
+    return {
+        "tags": ["tracking"],
+        "summary": _SUMMARIES[endpoint],
+        "operationId": f"post_{endpoint}",
+        "security": [{"writeKey": []}],
+        "requestBody": {"required": True, "content": body(_MODELS[endpoint].__name__)},
+        "responses": {
+            str(status): {"description": text, "content": body("Accepted" if status == 200 else "Refusal")}
+            for status, text in RESPONSES.items()
+        },
+    }

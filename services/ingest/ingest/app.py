@@ -8,8 +8,8 @@ from fastapi import FastAPI
 
 from clm_shared.kafka.producer import Publisher
 from clm_shared.service import ServiceContext, create_service_app
-from clm_shared.settings import Settings
-from ingest.api import IngestRuntime, install_openapi, router
+from clm_shared.settings import Settings, get_settings
+from ingest.api import IngestRuntime, install_tracking_api
 from ingest.auth import WriteKeys
 from ingest.keys import active_key_hashes
 from ingest.publishing import TouchpointPublisher
@@ -17,7 +17,9 @@ from ingest.publishing import TouchpointPublisher
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app; without settings (as uvicorn's worker factory) they come from the environment."""
+    settings = settings or get_settings()
     publisher = Publisher(
         settings.kafka_bootstrap,
         client_id="clm-ingest",
@@ -39,10 +41,9 @@ def create_app(settings: Settings) -> FastAPI:
         "ingest",
         settings,
         migrations=MIGRATIONS,
-        routers=[router],
         on_start=on_start,
         on_stop=on_stop,
         title="clm ingest (Segment-compatible tracking API)",
     )
-    install_openapi(app)
+    install_tracking_api(app)
     return app
