@@ -33,8 +33,8 @@ unit: $(STAMP)
 test: install lint
 	$(BIN)/pytest
 
-bench: $(STAMP)
-	@echo "No benchmarks yet: bench/ingest and bench/stage_engine arrive with the ingest and stage-engine issues."
+bench: install
+	$(BIN)/python bench/ingest/run.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

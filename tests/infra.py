@@ -11,7 +11,7 @@ from pathlib import Path
 
 from clm_cli.infra.kafka import KafkaServer
 from clm_cli.infra.postgres import PostgresServer
-from clm_cli.infra.process import free_port, port_in_use
+from clm_cli.infra.process import free_port, two_free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,15 +31,6 @@ def _scratch_dir(name: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=f"clm-test-{name}-"))
     path.chmod(0o755)
     return path
-
-
-def two_free_ports() -> int:
-    """A port whose next port is free too (the broker's controller listens there)."""
-    for _ in range(50):
-        port = free_port()
-        if not port_in_use(port + 1):
-            return port
-    raise RuntimeError("no two adjacent free ports")
 
 
 @contextmanager

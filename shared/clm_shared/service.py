@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import tempfile
 import time
@@ -92,6 +93,10 @@ def create_service_app(
         topics_task = asyncio.create_task(_ensure_topics_forever(ctx))
         if on_start:
             await on_start(ctx)
+        # Start-up objects live for the whole process: keeping them out of the collector's reach
+        # removes the long gen-2 pauses that showed up as tail latency under load.
+        gc.collect()
+        gc.freeze()
         log.info("service started", service=name, port=settings.port_of(name))
         try:
             yield

@@ -27,6 +27,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def two_free_ports() -> int:
+    """A free port whose next port is free too (a Kafka broker's controller listens there)."""
+    for _ in range(50):
+        port = free_port()
+        if not port_in_use(port + 1):
+            return port
+    raise InfraError("no two adjacent free ports on 127.0.0.1")
+
+
 def alive(pid: int) -> bool:
     """True for a running process; a zombie (exited, not yet reaped) counts as gone."""
     try:

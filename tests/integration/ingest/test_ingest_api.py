@@ -17,13 +17,14 @@ import pytest
 from prometheus_client import REGISTRY
 
 from clm_cli.infra.kafka import KafkaServer
+from clm_cli.infra.process import two_free_ports
 from clm_shared.categories import Category
 from clm_shared.kafka.admin import ensure_topics
 from clm_shared.settings import Settings
 from clm_shared.topics import Topics
 from ingest.app import create_app
 from ingest.keys import create_key, revoke_key
-from tests.infra import ROOT, two_free_ports
+from tests.infra import ROOT
 from tests.utils.factories import track_call
 from tests.utils.kafka import read_touchpoints, topic_size
 from tests.waiting import wait_for
