@@ -19,7 +19,7 @@ from starlette.routing import Route
 from clm_shared.kafka.producer import PublishUnavailable
 from clm_shared.schemas.segment import CALL_MODELS, BatchCall
 from ingest.auth import WriteKeys, key_from_basic_auth
-from ingest.normalize import to_touchpoint
+from ingest.normalize import MessageIds, to_touchpoint
 from ingest.publishing import TouchpointPublisher
 from ingest.requests import ENDPOINTS, FieldError, Rejected, decode_body, parse_request
 from ingest.telemetry import EVENTS_ACCEPTED, EVENTS_REJECTED, PUBLISH_SECONDS, REQUEST_SECONDS
@@ -102,6 +102,7 @@ async def _accept(request: Request, endpoint: str, runtime: IngestRuntime) -> in
         raise Rejected(401, message, events=len(parsed.calls))
     received_at = runtime.clock()
     touchpoints = []
+    message_ids = MessageIds(sum(1 for call in parsed.calls if not call.message_id))
     for index, call in enumerate(parsed.calls):
         try:
             touchpoints.append(
@@ -112,6 +113,7 @@ async def _accept(request: Request, endpoint: str, runtime: IngestRuntime) -> in
                     batch_context=parsed.context,
                     batch_integrations=parsed.integrations,
                     batch_sent_at=parsed.sent_at,
+                    message_id=message_ids,
                 )
             )
         except ValueError as exc:  # a value the schema let through but a touchpoint cannot hold

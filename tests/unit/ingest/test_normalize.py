@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
@@ -7,7 +8,7 @@ from hypothesis import strategies as st
 
 from clm_shared.categories import Category
 from clm_shared.schemas.segment import AliasCall, IdentifyCall, PageCall, TrackCall
-from ingest.normalize import corrected_timestamp, to_touchpoint
+from ingest.normalize import MessageIds, corrected_timestamp, to_touchpoint
 from tests.utils.factories import track_call
 
 RECEIVED = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -84,3 +85,10 @@ def test_skew_correction_never_fails_whatever_the_client_clock_says(
     assert corrected.tzinfo is not None
     if sent_at is None:
         assert corrected == timestamp
+
+
+def test_generated_ids_are_distinct_version_4_uuids_even_past_the_pool() -> None:
+    ids = MessageIds(3)
+    made = [ids() for _ in range(5)]
+    assert len(set(made)) == 5
+    assert all(uuid.UUID(m).version == 4 for m in made)
