@@ -13,21 +13,30 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def touchpoint(
-    event: str = "Product Viewed",
+    event: str | None = "Product Viewed",
     *,
     customer: str = "user-1",
     call_type: str = "track",
     at: datetime = T0,
+    anonymous_id: str | None = None,
+    previous_id: str | None = None,
+    traits: dict[str, Any] | None = None,
+    message_id: str | None = None,
     **properties: Any,
 ) -> Touchpoint:
+    """A touchpoint for ``customer`` (a userId; pass ``customer=None`` style anonymous ids via anonymous_id)."""
+    user_id = None if customer.startswith("anon") else customer
     return Touchpoint(
-        message_id=str(uuid.uuid4()),
+        message_id=message_id or str(uuid.uuid4()),
         type=call_type,
-        customer_key=customer,
-        user_id=customer,
-        event=event,
+        customer_key=user_id or anonymous_id or customer,
+        user_id=user_id,
+        anonymous_id=anonymous_id or (customer if user_id is None else None),
+        event=event if call_type in ("track", "page", "screen") else None,
         category=categorize(call_type, event),
         properties=properties,
+        traits=traits or {},
+        previous_id=previous_id,
         timestamp=at,
         received_at=at,
     )

@@ -1,0 +1,137 @@
+"""One batch of touchpoints against the customers it touches: identities, dedup, merges, sequencing. Pure.
+
+The caller loads what ``ids_needed`` names (customers, identities, processed message ids), calls
+``apply_batch`` and writes back what changed, all in one transaction; the in-memory engine used by the
+tests calls the same function on plain dicts.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from clm_shared.schemas.touchpoint import Touchpoint
+from stage_engine.lifecycle import Change, CustomerState, Outcome, apply_touchpoint, merge, new_customer, tick
+from stage_engine.rules import Rules
+
+_EVENT_IDS = uuid.UUID("6f1c1a52-3f5e-4d36-9d0f-0c6b1d7f7a11")
+
+
+@dataclass(frozen=True)
+class Merged:
+    merged_id: str
+    message_id: str
+    event_time: datetime
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """A change ready for the outbox: its id and sequence follow from the customer's history alone."""
+
+    customer_id: str
+    sequence: int
+    event_id: str
+    change: Change | Merged
+
+
+@dataclass
+class BatchState:
+    customers: dict[str, CustomerState]
+    identities: dict[str, str]
+    processed: set[str]
+    removed: set[str] = field(default_factory=set)
+    new_identities: dict[str, str] = field(default_factory=dict)
+    new_processed: list[str] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+    emitted: list[Emitted] = field(default_factory=list)
+
+
+def event_id(customer_id: str, sequence: int) -> str:
+    """Deterministic, so a replay or a restarted engine publishes the same ids (subscribers dedupe on them)."""
+    return str(uuid.uuid5(_EVENT_IDS, f"{customer_id}/{sequence}"))
+
+
+def ids_needed(touchpoints: Iterable[Touchpoint]) -> set[str]:
+    """Every customer id the batch mentions, to load identities and customers for."""
+    ids: set[str] = set()
+    for tp in touchpoints:
+        ids.update(i for i in (tp.user_id, tp.anonymous_id, tp.previous_id, tp.customer_key) if i)
+    return ids
+
+
+def apply_batch(touchpoints: Sequence[Touchpoint], state: BatchState, rules: Rules) -> None:
+    for tp in touchpoints:
+        if tp.message_id in state.processed:
+            continue  # the same messageId applied twice changes nothing the second time
+        state.processed.add(tp.message_id)
+        state.new_processed.append(tp.message_id)
+        customer_id = _resolve(state, tp.customer_key)
+        merge_from = _merge_source(tp)
+        if merge_from is not None:
+            source_id = _resolve(state, merge_from)
+            if source_id != customer_id:
+                _merge(state, into=customer_id, source_id=source_id, tp=tp, rules=rules)
+            _link(state, merge_from, customer_id)
+        customer = state.customers.get(customer_id) or new_customer(customer_id)
+        _record(state, apply_touchpoint(customer, tp, rules))
+
+
+def apply_clock(customer_ids: Iterable[str], now: datetime, state: BatchState, rules: Rules) -> None:
+    """Timers that came due: inactivity at the engine's clock."""
+    for customer_id in customer_ids:
+        customer = state.customers.get(customer_id)
+        if customer is not None:
+            _record(state, tick(customer, now, rules))
+
+
+def _merge_source(tp: Touchpoint) -> str | None:
+    """alias (previousId -> userId) and identify with both ids merge the anonymous profile."""
+    if tp.type == "alias":
+        return tp.previous_id
+    if tp.type == "identify" and tp.user_id and tp.anonymous_id:
+        return tp.anonymous_id
+    return None
+
+
+def _resolve(state: BatchState, any_id: str) -> str:
+    return state.identities.get(any_id, any_id)
+
+
+def _link(state: BatchState, alias: str, canonical: str) -> None:
+    if alias != canonical and state.identities.get(alias) != canonical:
+        state.identities[alias] = canonical
+        state.new_identities[alias] = canonical
+
+
+def _merge(state: BatchState, *, into: str, source_id: str, tp: Touchpoint, rules: Rules) -> None:
+    source = state.customers.get(source_id)
+    if source is None:
+        return  # nothing was recorded under that id: linking it is enough
+    known = state.customers.get(into) or new_customer(into)
+    outcome = merge(known, source, rules, message_id=tp.message_id, at=tp.timestamp)
+    _emit(state, outcome.state, Merged(source_id, tp.message_id, tp.timestamp))
+    _record(state, outcome)
+    del state.customers[source_id]
+    state.removed.add(source_id)
+    state.touched.discard(source_id)
+    for alias, canonical in list(state.identities.items()):
+        if canonical == source_id:
+            _link(state, alias, into)
+    _link(state, source_id, into)
+
+
+def _record(state: BatchState, outcome: Outcome) -> None:
+    customer = outcome.state
+    for change in outcome.changes:
+        _emit(state, customer, change)
+    state.customers[customer.customer_id] = customer
+    state.touched.add(customer.customer_id)
+
+
+def _emit(state: BatchState, customer: CustomerState, change: Change | Merged) -> None:
+    customer.sequence += 1
+    state.emitted.append(
+        Emitted(customer.customer_id, customer.sequence, event_id(customer.customer_id, customer.sequence), change)
+    )

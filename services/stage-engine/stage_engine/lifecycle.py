@@ -1,0 +1,292 @@
+"""Lifecycle decisions: customer state + one touchpoint (or the clock) -> new state + changes. Pure.
+
+Exact behaviour (DESIGN section 2, and what it leaves open):
+- Stage rules are conditions on accumulated signals (counts, event times, revenue). After every
+  event the customer climbs as far as the rules allow; several stages at once are one change that
+  lists the stages in between as ``skipped``. Stages never move back.
+- Windows use event times, so a late event counts where it belongs; since every condition only
+  grows with more events, the final stage does not depend on the order events arrive in.
+- Health moves by events as they are applied (an order while churned reactivates, an activity while
+  at risk makes active again, a second order after reactivation makes active, a churn event churns)
+  and by inactivity: when the latest activity is older than the thresholds, at the engine's clock
+  (``tick``) or at the time of a newer event (so a replay gives the same history as a live run).
+  An event older than the latest activity counts for stages but does not move health: it says
+  nothing new about how recently the customer was active.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from clm_shared.categories import Category
+from clm_shared.schemas.lifecycle import STAGE_ORDER, Health, Stage
+from clm_shared.schemas.touchpoint import Touchpoint
+from stage_engine.rules import Condition, Rules
+
+DISCOVERY_RULE = "first_touchpoint"
+
+
+class CustomerState(BaseModel):
+    """Everything the rules need about one customer; persisted as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: str
+    stage: Stage | None = None
+    health: Health = Health.ACTIVE
+    signal_counts: dict[str, int] = Field(default_factory=dict)
+    signal_times: dict[str, list[datetime]] = Field(
+        default_factory=dict, description="Sorted event times, kept only while a windowed rule needs them."
+    )
+    signal_revenue: dict[str, float] = Field(default_factory=dict)
+    last_activity_at: datetime | None = None
+    orders_since_reactivation: int = 0
+    traits: dict[str, Any] = Field(default_factory=dict)
+    first_seen_at: datetime | None = None
+    sequence: int = Field(0, description="Number of lifecycle events published for this customer so far.")
+
+
+@dataclass(frozen=True)
+class StageMove:
+    from_stage: Stage | None
+    to_stage: Stage
+    skipped: tuple[Stage, ...]
+    rule: str
+    message_id: str | None
+    event_time: datetime
+
+
+@dataclass(frozen=True)
+class HealthMove:
+    from_health: Health
+    to_health: Health
+    rule: str
+    message_id: str | None
+    event_time: datetime
+
+
+Change = StageMove | HealthMove
+
+
+@dataclass
+class Outcome:
+    state: CustomerState
+    changes: list[Change] = field(default_factory=list)
+
+
+def new_customer(customer_id: str) -> CustomerState:
+    return CustomerState(customer_id=customer_id)
+
+
+def apply_touchpoint(state: CustomerState, tp: Touchpoint, rules: Rules) -> Outcome:
+    """Apply one touchpoint (identity calls only touch traits); return the new state and its changes."""
+    state = state.model_copy(deep=True)
+    outcome = Outcome(state)
+    if tp.traits:
+        state.traits.update(tp.traits)
+    if tp.category is Category.IDENTITY:
+        return outcome
+    if state.first_seen_at is None or tp.timestamp < state.first_seen_at:
+        state.first_seen_at = tp.timestamp
+    matched = [name for name, signal in rules.signals.items() if signal.matches(tp)]
+    is_activity = any(name in rules.health.activity for name in matched)
+    is_newer = state.last_activity_at is None or tp.timestamp > state.last_activity_at
+    if is_activity and is_newer and _health_applies(state, rules):
+        _inactivity(state, tp.timestamp, rules, outcome, inclusive=False)
+    _record(state, tp, matched, rules)
+    if state.stage is None:
+        state.stage = Stage.DISCOVERY
+        outcome.changes.append(StageMove(None, Stage.DISCOVERY, (), DISCOVERY_RULE, tp.message_id, tp.timestamp))
+    _climb(state, rules, outcome, tp.message_id, tp.timestamp)
+    if is_newer or not is_activity:
+        _health_on_event(state, tp, matched, rules, outcome)
+    if is_activity and is_newer:
+        state.last_activity_at = tp.timestamp
+    return outcome
+
+
+def tick(state: CustomerState, now: datetime, rules: Rules) -> Outcome:
+    """The engine's clock moved to ``now``: inactivity may make the customer at risk or churned."""
+    state = state.model_copy(deep=True)
+    outcome = Outcome(state)
+    if _health_applies(state, rules):
+        _inactivity(state, now, rules, outcome, inclusive=True)
+    return outcome
+
+
+def next_timer(state: CustomerState, rules: Rules) -> datetime | None:
+    """When the clock next matters for this customer (None: no inactivity move is pending)."""
+    if state.last_activity_at is None or not _health_applies(state, rules):
+        return None
+    if state.health in (Health.ACTIVE, Health.REACTIVATED):
+        return state.last_activity_at + rules.health.at_risk_after
+    if state.health is Health.AT_RISK:
+        return state.last_activity_at + rules.health.churned_after
+    return None
+
+
+def merge(known: CustomerState, anonymous: CustomerState, rules: Rules, *, message_id: str, at: datetime) -> Outcome:
+    """Fold an anonymous profile into a known one: counters add up, the higher stage wins.
+
+    Health comes from whichever profile was active more recently; traits of the known profile win.
+    """
+    merged = known.model_copy(deep=True)
+    outcome = Outcome(merged)
+    for name, count in anonymous.signal_counts.items():
+        merged.signal_counts[name] = merged.signal_counts.get(name, 0) + count
+    for name, times in anonymous.signal_times.items():
+        merged.signal_times[name] = sorted([*merged.signal_times.get(name, []), *times])
+    for name, revenue in anonymous.signal_revenue.items():
+        merged.signal_revenue[name] = merged.signal_revenue.get(name, 0.0) + revenue
+    merged.traits = {**anonymous.traits, **known.traits}
+    merged.first_seen_at = _earliest(known.first_seen_at, anonymous.first_seen_at)
+    if (anonymous.last_activity_at or datetime.min.replace(tzinfo=at.tzinfo)) > (
+        known.last_activity_at or datetime.min.replace(tzinfo=at.tzinfo)
+    ):
+        merged.last_activity_at = anonymous.last_activity_at
+        if anonymous.health != merged.health:
+            outcome.changes.append(HealthMove(merged.health, anonymous.health, "merged", message_id, at))
+            merged.health = anonymous.health
+        merged.orders_since_reactivation = anonymous.orders_since_reactivation
+    if _rank(anonymous.stage) > _rank(merged.stage):
+        assert anonymous.stage is not None
+        skipped = _between(merged.stage, anonymous.stage)
+        outcome.changes.append(StageMove(merged.stage, anonymous.stage, skipped, "merged", message_id, at))
+        merged.stage = anonymous.stage
+    _climb(merged, rules, outcome, message_id, at)
+    _prune(merged, rules)
+    return outcome
+
+
+# -- stages ---------------------------------------------------------------------------------------
+
+
+def _record(state: CustomerState, tp: Touchpoint, matched: list[str], rules: Rules) -> None:
+    needed = rules.windowed_signals(state.stage)
+    for name in matched:
+        state.signal_counts[name] = state.signal_counts.get(name, 0) + 1
+        if tp.revenue:
+            state.signal_revenue[name] = state.signal_revenue.get(name, 0.0) + tp.revenue
+        if name in needed:
+            bisect.insort(state.signal_times.setdefault(name, []), tp.timestamp)
+
+
+def _holds(condition: Condition, state: CustomerState) -> bool:
+    if condition.revenue_of is not None:
+        assert condition.at_least is not None
+        return state.signal_revenue.get(condition.revenue_of, 0.0) >= condition.at_least
+    assert condition.signal is not None
+    if condition.window is None:
+        return state.signal_counts.get(condition.signal, 0) >= condition.count
+    return _count_within(state.signal_times.get(condition.signal, []), condition.count, condition.window)
+
+
+def _count_within(times: list[datetime], count: int, window: timedelta) -> bool:
+    """Whether some ``count`` of the sorted times lie within ``window`` of each other."""
+    return any(times[i + count - 1] - times[i] <= window for i in range(len(times) - count + 1))
+
+
+def _climb(state: CustomerState, rules: Rules, outcome: Outcome, message_id: str | None, at: datetime) -> None:
+    """Move up as far as the rules allow; one change per event, listing the stages passed through."""
+    start = state.stage
+    last_rule = None
+    while state.stage is not None:
+        step = _next_stage(state, rules)
+        if step is None:
+            break
+        state.stage, last_rule = step
+    if last_rule is not None and state.stage is not None:
+        outcome.changes.append(StageMove(start, state.stage, _between(start, state.stage), last_rule, message_id, at))
+        _prune(state, rules)
+
+
+def _next_stage(state: CustomerState, rules: Rules) -> tuple[Stage, str] | None:
+    """The highest stage the customer may move to from where they are, with the rule that allows it."""
+    assert state.stage is not None
+    for rule in reversed(rules.stages):
+        if rule.stage.rank <= state.stage.rank or state.stage not in rule.from_:
+            continue
+        for condition in rule.when:
+            if _holds(condition, state):
+                return rule.stage, f"{rule.stage}.{condition.label}"
+    return None
+
+
+def _prune(state: CustomerState, rules: Rules) -> None:
+    needed = rules.windowed_signals(state.stage)
+    for name in [n for n in state.signal_times if n not in needed]:
+        del state.signal_times[name]
+
+
+def _between(start: Stage | None, end: Stage) -> tuple[Stage, ...]:
+    return tuple(STAGE_ORDER[_rank(start) + 1 : end.rank])
+
+
+def _rank(stage: Stage | None) -> int:
+    return -1 if stage is None else stage.rank
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return min((t for t in (a, b) if t is not None), default=None)
+
+
+# -- health ---------------------------------------------------------------------------------------
+
+
+def _health_applies(state: CustomerState, rules: Rules) -> bool:
+    return _rank(state.stage) >= rules.health.applies_from.rank
+
+
+def _inactivity(state: CustomerState, now: datetime, rules: Rules, outcome: Outcome, *, inclusive: bool) -> None:
+    """At risk, then churned, when the latest activity is older than the thresholds at ``now``.
+
+    The change's time is the moment the threshold passed, whether the clock or a newer event noticed.
+    An event exactly at the threshold still counts as activity in time (``inclusive`` is the clock's).
+    """
+    if state.last_activity_at is None:
+        return
+    idle = now - state.last_activity_at
+    health = rules.health
+
+    def passed(limit: timedelta) -> bool:
+        return idle >= limit if inclusive else idle > limit
+
+    if state.health in (Health.ACTIVE, Health.REACTIVATED) and passed(health.at_risk_after):
+        _move_health(state, Health.AT_RISK, "inactive", None, state.last_activity_at + health.at_risk_after, outcome)
+    if state.health is Health.AT_RISK and passed(health.churned_after):
+        _move_health(state, Health.CHURNED, "inactive", None, state.last_activity_at + health.churned_after, outcome)
+
+
+def _health_on_event(state: CustomerState, tp: Touchpoint, matched: list[str], rules: Rules, outcome: Outcome) -> None:
+    if not _health_applies(state, rules):
+        return
+    health = rules.health
+    is_order = health.order in matched
+    if any(name in health.churn_now for name in matched):
+        if state.health is not Health.CHURNED:
+            _move_health(state, Health.CHURNED, "churn_event", tp.message_id, tp.timestamp, outcome)
+        return
+    is_activity = any(name in health.activity for name in matched)
+    if state.health is Health.CHURNED and is_order:
+        state.orders_since_reactivation = 1
+        _move_health(state, Health.REACTIVATED, "order_while_churned", tp.message_id, tp.timestamp, outcome)
+    elif state.health is Health.AT_RISK and is_activity:
+        _move_health(state, Health.ACTIVE, "activity_while_at_risk", tp.message_id, tp.timestamp, outcome)
+    elif state.health is Health.REACTIVATED and is_order:
+        state.orders_since_reactivation += 1
+        if state.orders_since_reactivation >= 2:
+            _move_health(state, Health.ACTIVE, "second_order_after_reactivation", tp.message_id, tp.timestamp, outcome)
+
+
+def _move_health(
+    state: CustomerState, to: Health, rule: str, message_id: str | None, at: datetime, outcome: Outcome
+) -> None:
+    outcome.changes.append(HealthMove(state.health, to, rule, message_id, at))
+    state.health = to
+    if to is not Health.REACTIVATED:
+        state.orders_since_reactivation = 0

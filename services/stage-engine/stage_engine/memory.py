@@ -1,0 +1,38 @@
+"""The whole engine on plain dicts: the reference the tests compare the PostgreSQL engine against."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from clm_shared.schemas.touchpoint import Touchpoint
+from stage_engine.batch import BatchState, Emitted, apply_batch, apply_clock
+from stage_engine.lifecycle import CustomerState, next_timer
+from stage_engine.rules import Rules
+
+
+@dataclass
+class InMemoryEngine:
+    rules: Rules
+    customers: dict[str, CustomerState] = field(default_factory=dict)
+    identities: dict[str, str] = field(default_factory=dict)
+    processed: set[str] = field(default_factory=set)
+    published: list[Emitted] = field(default_factory=list)
+
+    def process(self, touchpoints: Sequence[Touchpoint]) -> list[Emitted]:
+        state = BatchState(self.customers, self.identities, self.processed)
+        apply_batch(touchpoints, state, self.rules)
+        self.published.extend(state.emitted)
+        return state.emitted
+
+    def advance_clock(self, now: datetime) -> list[Emitted]:
+        """Fire every timer due at ``now``, as the scheduler does."""
+        due = [cid for cid, c in self.customers.items() if (t := next_timer(c, self.rules)) and t <= now]
+        state = BatchState(self.customers, self.identities, self.processed)
+        apply_clock(due, now, state, self.rules)
+        self.published.extend(state.emitted)
+        return state.emitted
+
+    def customer(self, any_id: str) -> CustomerState | None:
+        return self.customers.get(self.identities.get(any_id, any_id))

@@ -1,0 +1,183 @@
+"""The rules file: validated once at start-up, so a mistake stops the engine with the rule and field named."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from clm_shared.categories import Category
+from clm_shared.schemas.lifecycle import STAGE_ORDER, Stage
+from clm_shared.schemas.touchpoint import Touchpoint
+
+DEFAULT_RULES_FILE = Path(__file__).parent / "default_rules.yaml"
+
+
+class RulesError(ValueError):
+    """The rules file is wrong; the message names the rule and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Signal(_Strict):
+    """Which touchpoints count for a signal: by category or event name, optionally a numeric property."""
+
+    category: Category | None = None
+    events: tuple[str, ...] = ()
+    revenue_above: float | None = None
+    property: str | None = None
+    at_least: float | None = None
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> Signal:
+        if self.category is None and not self.events:
+            raise ValueError("needs `category` or `events`")
+        if (self.property is None) != (self.at_least is None):
+            raise ValueError("`property` and `at_least` go together")
+        return self
+
+    def matches(self, tp: Touchpoint) -> bool:
+        if self.category is not None and tp.category != self.category:
+            return False
+        if self.events and (tp.type != "track" or tp.event not in self.events):
+            return False
+        if self.revenue_above is not None and not tp.revenue > self.revenue_above:
+            return False
+        if self.property is not None and self.at_least is not None:
+            value = tp.properties.get(self.property)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < self.at_least:
+                return False
+        return True
+
+
+class Condition(_Strict):
+    """`signal` seen `count` times (within `within_days` of event time), or `revenue_of` a signal `at_least`."""
+
+    name: str | None = None
+    signal: str | None = None
+    count: int = Field(1, ge=1)
+    within_days: float | None = Field(None, gt=0)
+    revenue_of: str | None = None
+    at_least: float | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Condition:
+        if (self.signal is None) == (self.revenue_of is None):
+            raise ValueError("needs exactly one of `signal` or `revenue_of`")
+        if self.revenue_of is not None and self.at_least is None:
+            raise ValueError("`revenue_of` needs `at_least`")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or (self.signal or f"revenue_of_{self.revenue_of}")
+
+    @property
+    def window(self) -> timedelta | None:
+        return timedelta(days=self.within_days) if self.within_days else None
+
+
+class StageRule(_Strict):
+    stage: Stage
+    from_: tuple[Stage, ...] = Field(alias="from")
+    when: tuple[Condition, ...]
+
+
+class HealthRules(_Strict):
+    applies_from: Stage
+    activity: tuple[str, ...]
+    order: str
+    churn_now: tuple[str, ...] = ()
+    at_risk_after_days: float = Field(gt=0)
+    churned_after_days: float = Field(gt=0)
+
+    @property
+    def at_risk_after(self) -> timedelta:
+        return timedelta(days=self.at_risk_after_days)
+
+    @property
+    def churned_after(self) -> timedelta:
+        return timedelta(days=self.churned_after_days)
+
+
+class Rules(_Strict):
+    signals: dict[str, Signal]
+    stages: tuple[StageRule, ...]
+    health: HealthRules
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rules:
+        if [rule.stage for rule in self.stages] != list(STAGE_ORDER):
+            raise ValueError(f"stages must list {', '.join(STAGE_ORDER)} once each, in that order")
+        for rule in self.stages:
+            for earlier in rule.from_:
+                if earlier.rank >= rule.stage.rank:
+                    raise ValueError(f"stage {rule.stage}: `from` {earlier} is not an earlier stage")
+            for condition in rule.when:
+                for ref in (condition.signal, condition.revenue_of):
+                    if ref is not None and ref not in self.signals:
+                        raise ValueError(f"stage {rule.stage}, rule {condition.label}: unknown signal {ref!r}")
+        health = self.health
+        for ref in (*health.activity, health.order, *health.churn_now):
+            if ref not in self.signals:
+                raise ValueError(f"health: unknown signal {ref!r}")
+        if health.churned_after_days <= health.at_risk_after_days:
+            raise ValueError("health: churned_after_days must be longer than at_risk_after_days")
+        return self
+
+    def rule_for(self, stage: Stage) -> StageRule:
+        return self.stages[stage.rank]
+
+    def windowed_signals(self, above: Stage | None) -> set[str]:
+        """Signals whose event times a rule of a stage above ``above`` still needs."""
+        floor = -1 if above is None else above.rank
+        return {
+            c.signal
+            for rule in self.stages
+            if rule.stage.rank > floor
+            for c in rule.when
+            if c.signal is not None and c.within_days is not None
+        }
+
+
+def parse_rules(raw: Any, *, source: str = "rules") -> Rules:
+    try:
+        return Rules.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = _describe_location(raw, error["loc"])
+            problems.append(f"{where}: {error['msg']}")
+        raise RulesError(f"{source} is invalid:\n  " + "\n  ".join(problems)) from None
+
+
+def _describe_location(raw: Any, loc: tuple[int | str, ...]) -> str:
+    """`stages[2] (conversion).when[0] (first_paid_order).count` rather than a bare tuple."""
+    parts: list[str] = []
+    node = raw
+    for part in loc:
+        if isinstance(part, int):
+            parts[-1] += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and ("stage" in node or "name" in node):
+                parts[-1] += f" ({node.get('stage') or node.get('name')})"
+        else:
+            parts.append(str(part))
+            node = node.get(part) if isinstance(node, dict) else None
+    return ".".join(parts) or "(file)"
+
+
+def load_rules(path: Path | None = None) -> Rules:
+    path = path or DEFAULT_RULES_FILE
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise RulesError(f"cannot read rules file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise RulesError(f"rules file {path} is not valid YAML: {exc}") from None
+    return parse_rules(raw, source=f"rules file {path}")
