@@ -33,6 +33,15 @@ class Settings(BaseSettings):
     ingest_linger_ms: int = Field(
         2, ge=0, le=1000, description="Producer linger: how long ingest waits to fill a batch to Kafka."
     )
+    rules_file: Path | None = Field(
+        None, description="YAML lifecycle rules replacing the shipped defaults (stage-engine)."
+    )
+    stage_engine_batch_size: int = Field(
+        500, ge=1, le=10000, description="Touchpoints the stage engine applies in one transaction."
+    )
+    stage_engine_timer_interval_s: float = Field(
+        1.0, gt=0, le=3600, description="How often the stage engine looks for due inactivity timers."
+    )
     host: str = Field("127.0.0.1", description="Interface the HTTP servers listen on.")
     ingest_port: int = Field(8001, ge=1, le=65535, description="Port of the ingest API.")
     stage_engine_port: int = Field(8002, ge=1, le=65535, description="Port of the stage-engine customer API.")

@@ -1,7 +1,6 @@
-"""Alembic environment of stage-engine: no tables yet, so the history is empty."""
-
-from sqlalchemy import MetaData
+"""Alembic environment of the stage engine."""
 
 from clm_shared.migrations import run_env
+from stage_engine.tables import metadata
 
-run_env(MetaData())
+run_env(metadata)

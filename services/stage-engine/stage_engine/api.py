@@ -1,0 +1,165 @@
+"""Customer API: look up one customer, list a segment (keyset pages), erase a customer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from pydantic import BaseModel
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clm_shared.cloudevents import encode
+from clm_shared.schemas.lifecycle import CustomerErased, EventType, Health, Stage
+from stage_engine.batch import event_id
+from stage_engine.events import SERVICE
+from stage_engine.lifecycle import CustomerState
+from stage_engine.repository import lock_customers, resolve
+from stage_engine.tables import customers, erased_counts, history, identities, outbox, timers
+
+router = APIRouter(prefix="/v1/customers", tags=["customers"])
+
+
+def _engine(request: Request) -> AsyncEngine:
+    return request.app.state.ctx.engine  # type: ignore[no-any-return]
+
+
+Engine = Annotated[AsyncEngine, Depends(_engine)]
+
+
+class HistoryItem(BaseModel):
+    sequence: int
+    event_id: str
+    kind: str
+    from_value: str | None
+    to_value: str
+    skipped: list[str]
+    rule: str
+    message_id: str | None
+    event_time: datetime
+
+
+class CustomerPublic(BaseModel):
+    customer_id: str
+    known_ids: list[str]
+    stage: Stage | None
+    health: Health
+    traits: dict[str, Any]
+    counters: dict[str, int]
+    revenue: dict[str, float]
+    first_seen_at: datetime | None
+    last_activity_at: datetime | None
+    history: list[HistoryItem]
+
+
+class CustomerSummary(BaseModel):
+    customer_id: str
+    stage: Stage | None
+    health: Health
+
+
+class CustomerPage(BaseModel):
+    items: list[CustomerSummary]
+    next_cursor: str | None
+
+
+@router.get("/{customer_id}", response_model=CustomerPublic)
+async def get_customer(customer_id: str, engine: Engine) -> CustomerPublic:
+    """One customer by userId or anonymousId: stage, health, traits, counters and history."""
+    async with engine.connect() as conn:
+        canonical = (await resolve(conn, [customer_id])).get(customer_id, customer_id)
+        row = (await conn.execute(select(customers.c.state).where(customers.c.customer_id == canonical))).first()
+        if row is None:
+            raise HTTPException(404, f"no customer {customer_id!r}")
+        state = CustomerState.model_validate(row[0])
+        aliases = (
+            await conn.execute(select(identities.c.alias_id).where(identities.c.customer_id == canonical))
+        ).scalars()
+        rows = await conn.execute(
+            select(history).where(history.c.customer_id == canonical).order_by(history.c.sequence)
+        )
+        items = [HistoryItem.model_validate(r, from_attributes=True) for r in rows]
+    return CustomerPublic(
+        customer_id=canonical,
+        known_ids=sorted({canonical, *aliases}),
+        stage=state.stage,
+        health=state.health,
+        traits=state.traits,
+        counters=state.signal_counts,
+        revenue=state.signal_revenue,
+        first_seen_at=state.first_seen_at,
+        last_activity_at=state.last_activity_at,
+        history=items,
+    )
+
+
+@router.get("", response_model=CustomerPage)
+async def list_customers(
+    engine: Engine,
+    stage: str | None = None,
+    health: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> CustomerPage:
+    """A segment by stage and/or health, ordered by customer id; pass ``next_cursor`` for the next page."""
+    query = select(customers.c.customer_id, customers.c.stage, customers.c.health)
+    if stage is not None:
+        if stage not in Stage.__members__.values():
+            raise HTTPException(400, f"stage must be one of {', '.join(Stage)}")
+        query = query.where(customers.c.stage == stage)
+    if health is not None:
+        if health not in Health.__members__.values():
+            raise HTTPException(400, f"health must be one of {', '.join(Health)}")
+        query = query.where(customers.c.health == health)
+    if cursor:
+        query = query.where(customers.c.customer_id > cursor)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query.order_by(customers.c.customer_id).limit(limit + 1))).all()
+    items = [CustomerSummary(customer_id=r[0], stage=r[1], health=r[2]) for r in rows[:limit]]
+    return CustomerPage(items=items, next_cursor=items[-1].customer_id if len(rows) > limit else None)
+
+
+@router.delete("/{customer_id}", status_code=204)
+async def erase_customer(customer_id: str, request: Request, engine: Engine) -> Response:
+    """Erase a customer: traits, identities and history go; only anonymous stage counts stay.
+
+    ``clm.customer.erased`` is published so that the other services erase their copies too.
+    """
+    topic = request.app.state.ctx.topics.stage_changes
+    async with engine.begin() as conn:
+        canonical = (await resolve(conn, [customer_id])).get(customer_id, customer_id)
+        await lock_customers(conn, [canonical])
+        row = (await conn.execute(select(customers.c.state).where(customers.c.customer_id == canonical))).first()
+        if row is None:
+            raise HTTPException(404, f"no customer {customer_id!r}")
+        state = CustomerState.model_validate(row[0])
+        counts = insert(erased_counts).values(stage=str(state.stage), health=str(state.health), customers=1)
+        await conn.execute(
+            counts.on_conflict_do_update(
+                index_elements=[erased_counts.c.stage, erased_counts.c.health],
+                set_={"customers": erased_counts.c.customers + 1},
+            )
+        )
+        for table, column in (
+            (customers, customers.c.customer_id),
+            (history, history.c.customer_id),
+            (identities, identities.c.customer_id),
+            (timers, timers.c.customer_id),
+        ):
+            await conn.execute(delete(table).where(column == canonical))
+        now = datetime.now(UTC)
+        sequence = state.sequence + 1
+        message = encode(
+            event_id=event_id(canonical, sequence),
+            event_type=EventType.CUSTOMER_ERASED,
+            service=SERVICE,
+            customer_id=canonical,
+            sequence=sequence,
+            time=now,
+            data=CustomerErased(customer_id=canonical, erased_at=now),
+        )
+        await conn.execute(insert(outbox).values(topic=topic, key=canonical.encode(), value=message.value))
+    request.app.state.engine.outbox_ready.set()
+    return Response(status_code=204)
