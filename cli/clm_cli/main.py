@@ -17,11 +17,13 @@ from clm_cli.stack import LocalStack, create_topics, migrate_all, prepare
 from clm_cli.supervisor import Supervisor, stop_services
 from clm_shared.settings import Settings, load_settings_or_exit
 from ingest.cli import keys_app
+from stage_engine.cli import stage_engine_app
 
 app = typer.Typer(help="Customer lifecycle platform.", no_args_is_help=True, add_completion=False)
 infra_app = typer.Typer(help="Local Kafka and PostgreSQL.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
 app.add_typer(keys_app, name="keys")
+app.add_typer(stage_engine_app, name="stage-engine")
 
 console = Console(stderr=True)
 T = TypeVar("T")

@@ -30,6 +30,7 @@ Engine = Annotated[AsyncEngine, Depends(_engine)]
 
 
 class HistoryItem(BaseModel):
+    customer_id: str
     sequence: int
     event_id: str
     kind: str
@@ -74,11 +75,14 @@ async def get_customer(customer_id: str, engine: Engine) -> CustomerPublic:
         if row is None:
             raise HTTPException(404, f"no customer {customer_id!r}")
         state = CustomerState.model_validate(row[0])
-        aliases = (
-            await conn.execute(select(identities.c.alias_id).where(identities.c.customer_id == canonical))
-        ).scalars()
+        aliases = list(
+            (await conn.execute(select(identities.c.alias_id).where(identities.c.customer_id == canonical))).scalars()
+        )
+        # Both histories are kept on a merge: the merged profiles' rows are listed too, all by event time.
         rows = await conn.execute(
-            select(history).where(history.c.customer_id == canonical).order_by(history.c.sequence)
+            select(history)
+            .where(history.c.customer_id.in_([canonical, *aliases]))
+            .order_by(history.c.event_time, history.c.customer_id != canonical, history.c.sequence)
         )
         items = [HistoryItem.model_validate(r, from_attributes=True) for r in rows]
     return CustomerPublic(

@@ -72,3 +72,14 @@ async def wait_for_broker(bootstrap: str, timeout_s: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"Kafka at {bootstrap} did not answer within {timeout_s:.0f}s")
         await asyncio.sleep(0.2)
+
+
+async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+    """The partition numbers of a topic (empty when it does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(p["partition"] for t in described if t.get("error_code", 0) == 0 for p in t["partitions"])

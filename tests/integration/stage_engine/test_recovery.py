@@ -1,0 +1,168 @@
+"""Rebuild, two instances, poison records and identity merges on the real broker and database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+import httpx
+from fastapi import FastAPI
+
+from clm_shared.cloudevents import decode
+from clm_shared.kafka.admin import ensure_topics
+from clm_shared.kafka.consumer import ERROR_HEADER
+from clm_shared.kafka.producer import OutgoingRecord, Publisher
+from clm_shared.schemas.touchpoint import Touchpoint
+from clm_shared.serde import JsonSerializer
+from clm_shared.settings import Settings
+from clm_shared.topics import Topics
+from stage_engine.app import create_app
+from stage_engine.memory import InMemoryEngine
+from stage_engine.rebuild import rebuild
+from stage_engine.rules import load_rules
+from tests.integration.stage_engine.test_stage_engine import T0, FakeClock
+from tests.utils.engine_state import processed_count, snapshot
+from tests.utils.factories import touchpoint
+from tests.utils.kafka import read_records
+from tests.waiting import wait_for
+
+serialize = JsonSerializer()
+
+
+@asynccontextmanager
+async def running_engine(settings: Settings, clock: FakeClock) -> AsyncIterator[FastAPI]:
+    app = create_app(settings.model_copy(update={"stage_engine_timer_interval_s": 0.1}), clock=clock)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+async def publish(settings: Settings, topics: Topics, touchpoints: list[Touchpoint]) -> None:
+    publisher = Publisher(settings.kafka_bootstrap, client_id="test")
+    try:
+        await publisher.publish_many(
+            [OutgoingRecord(topics.touchpoints, serialize(tp), key=tp.customer_key.encode()) for tp in touchpoints]
+        )
+    finally:
+        await publisher.stop()
+
+
+def story(prefix: str = "") -> list[Touchpoint]:
+    """A few customers through every stage, health moves and an anonymous profile merged by alias."""
+    day = timedelta(days=1)
+    events = [
+        touchpoint("Ad Impression", customer=f"{prefix}anon-a", at=T0),
+        touchpoint("Product Viewed", customer=f"{prefix}anon-a", at=T0 + day),
+        touchpoint("Order Completed", customer=f"{prefix}anon-a", at=T0 + 2 * day, revenue=300),
+        touchpoint("Signed Up", customer=f"{prefix}u-a", at=T0 + 3 * day),
+        touchpoint(None, customer=f"{prefix}u-a", call_type="alias", previous_id=f"{prefix}anon-a", at=T0 + 4 * day),
+        touchpoint("Order Completed", customer=f"{prefix}u-a", at=T0 + 5 * day, revenue=250),
+        touchpoint("Review Submitted", customer=f"{prefix}u-a", at=T0 + 6 * day, rating=5),
+    ]
+    for i in range(6):
+        events += [
+            touchpoint("Order Completed", customer=f"{prefix}u{i}", at=T0 + i * day, revenue=10 * (i + 1)),
+            touchpoint("Email Opened", customer=f"{prefix}u{i}", at=T0 + (10 + i) * day),
+        ]
+        if i % 2:
+            events.append(touchpoint("Order Completed", customer=f"{prefix}u{i}", at=T0 + 200 * day, revenue=5))
+    return events
+
+
+async def test_rebuild_gives_the_same_stages_health_and_history(settings: Settings, namespace: str) -> None:
+    # One partition: with several, where an anonymous customer's events are recorded relative to a
+    # merge depends on how the live engine interleaved the partitions, which no replay can know.
+    topics = Topics(namespace)
+    await ensure_topics(settings.kafka_bootstrap, {name: 1 for name in topics.all()})
+    events = story()
+    clock = FakeClock(T0 + timedelta(days=300))
+    await publish(settings, topics, events)
+    async with running_engine(settings, clock):
+        await wait_for(lambda: _is(processed_count(settings), len(events)), what="every touchpoint applied")
+
+        async def settled() -> bool:
+            state = await snapshot(settings)
+            return state["outbox"] == 0 and any(h[3] == "health" for h in state["history"])
+
+        await wait_for(settled, what="timers fired and outbox drained")
+        await asyncio.sleep(0)  # let the scheduler finish the round it is in
+    live = await snapshot(settings)
+    report = await rebuild(settings, clock=clock)
+    rebuilt = await snapshot(settings)
+    assert report.touchpoints == len(events)
+    assert rebuilt == live
+    assert any(h[3] == "merge" for h in live["history"])
+    assert {h[5] for h in live["history"] if h[3] == "health"} >= {"at_risk", "churned", "reactivated"}
+
+
+async def _is(count: Awaitable[int], expected: int) -> bool:
+    return await count == expected
+
+
+async def test_two_instances_in_one_group_end_where_one_instance_does(settings: Settings, topics: Topics) -> None:
+    events = [tp for prefix in ("x", "y", "z") for tp in story(prefix)]
+    clock = FakeClock(T0 + timedelta(days=1))
+    async with running_engine(settings, clock) as one, running_engine(settings, clock) as two:
+        await asyncio.gather(*(app.state.consumer.assigned.wait() for app in (one, two)))
+        await publish(settings, topics, events)
+        await wait_for(lambda: _is(processed_count(settings), len(events)), what="every touchpoint applied")
+    reference = InMemoryEngine(load_rules())
+    reference.process(events)
+    state = await snapshot(settings)
+    assert {cid: (c["stage"], c["signal_counts"]) for cid, c in state["customers"].items()} == {
+        cid: (c.stage, c.signal_counts) for cid, c in reference.customers.items()
+    }
+    assert state["identities"] == reference.identities
+
+
+async def test_an_undecodable_touchpoint_goes_to_the_dlq_and_the_engine_carries_on(
+    settings: Settings, topics: Topics
+) -> None:
+    publisher = Publisher(settings.kafka_bootstrap, client_id="test")
+    await publisher.publish(OutgoingRecord(topics.touchpoints, b'{"message_id": 1}', key=b"u1"))
+    await publisher.stop()
+    await publish(settings, topics, [touchpoint("Signed Up", customer="u1")])
+    async with running_engine(settings, FakeClock(T0)) as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+
+            async def engaged() -> bool:
+                answer = await client.get("/v1/customers/u1")
+                return answer.status_code == 200 and answer.json()["stage"] == "engagement"
+
+            await wait_for(engaged, what="the good record applied")
+    (dead,) = await read_records(settings.kafka_bootstrap, topics.touchpoints_dlq, 1)
+    assert dict(dead.headers)[ERROR_HEADER].startswith(b"decode: invalid Touchpoint")
+
+
+async def test_identify_with_both_ids_merges_profiles_and_publishes_the_merge(
+    settings: Settings, topics: Topics
+) -> None:
+    anon = [touchpoint("Product Viewed", customer="anon-9", at=T0), touchpoint("Signed Up", customer="anon-9", at=T0)]
+    identify = touchpoint(
+        None,
+        customer="u9",
+        call_type="identify",
+        anonymous_id="anon-9",
+        traits={"email": "z@example.com"},
+        at=T0 + timedelta(hours=1),
+    )
+    await publish(settings, topics, [*anon, identify])
+    async with running_engine(settings, FakeClock(T0)) as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+
+            async def merged() -> bool:
+                answer = await client.get("/v1/customers/anon-9")
+                return answer.status_code == 200 and answer.json()["customer_id"] == "u9"
+
+            await wait_for(merged, what="anon-9 merged into u9")
+            customer = (await client.get("/v1/customers/u9")).json()
+    assert customer["known_ids"] == ["anon-9", "u9"]
+    assert customer["stage"] == "engagement" and customer["traits"] == {"email": "z@example.com"}
+    records = await read_records(settings.kafka_bootstrap, topics.stage_changes, 3)
+    types = [decode(r.value).type for r in records]
+    assert "clm.customer.merged" in types
+    merge = next(decode(r.value) for r in records if decode(r.value).type == "clm.customer.merged")
+    assert (merge.subject, merge.data["merged_id"]) == ("u9", "anon-9")

@@ -1,0 +1,50 @@
+"""What the stage engine holds in PostgreSQL, as comparable values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+
+from clm_shared.db import create_engine, service_schema
+from clm_shared.settings import Settings
+
+
+async def snapshot(settings: Settings) -> dict[str, Any]:
+    engine = create_engine(settings.database_url, schema=service_schema(settings, "stage-engine"), pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            customers = {r[0]: r[1] for r in await conn.execute(text("SELECT customer_id, state FROM customers"))}
+            rows = await conn.execute(text("SELECT alias_id, customer_id FROM identities"))
+            identities: dict[str, str] = {alias: canonical for alias, canonical in rows}
+            history = [
+                tuple(r)
+                for r in await conn.execute(
+                    text(
+                        "SELECT customer_id, sequence, event_id, kind, from_value, to_value, skipped, rule,"
+                        " message_id, event_time FROM history ORDER BY customer_id, sequence"
+                    )
+                )
+            ]
+            processed = await conn.scalar(text("SELECT count(*) FROM processed_messages"))
+            outbox = await conn.scalar(text("SELECT count(*) FROM outbox"))
+    finally:
+        await engine.dispose()
+    return {
+        "customers": customers,
+        "identities": identities,
+        "history": history,
+        "processed": processed,
+        "outbox": outbox,
+    }
+
+
+async def processed_count(settings: Settings) -> int:
+    engine = create_engine(settings.database_url, schema=service_schema(settings, "stage-engine"), pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            return int(await conn.scalar(text("SELECT count(*) FROM processed_messages")) or 0)
+    except Exception:  # tables not created yet
+        return 0
+    finally:
+        await engine.dispose()
