@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cloudevents.core.bindings.kafka import KafkaMessage, from_structured, to_structured
+import orjson
+from cloudevents.core.bindings.kafka import KafkaMessage, from_structured
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from pydantic import BaseModel
@@ -41,20 +42,25 @@ def encode(
     time: datetime,
     data: BaseModel,
 ) -> KafkaMessage:
-    """A structured-mode message keyed by the customer id."""
-    event = CloudEvent(
+    """A structured-mode message keyed by the customer id.
+
+    Written with orjson rather than through the SDK's JSON format (a third of the engine's encoding
+    time); ``decode`` reads it back with the SDK, and the tests hold the two together.
+    """
+    value = orjson.dumps(
         {
+            "specversion": "1.0",
             "id": event_id,
-            "type": event_type,
+            "type": str(event_type),
             "source": SOURCE_PREFIX + service,
             "subject": customer_id,
-            "time": time,
+            "time": time.isoformat().replace("+00:00", "Z"),
             "datacontenttype": "application/json",
             SEQUENCE_ATTR: sequence,
-        },
-        data.model_dump(mode="json"),
+            "data": data.model_dump(mode="json"),
+        }
     )
-    return to_structured(event, _FORMAT, key_mapper=lambda _: customer_id.encode())
+    return KafkaMessage(headers={"content-type": _FORMAT.CONTENT_TYPE.encode()}, key=customer_id.encode(), value=value)
 
 
 def decode(value: bytes) -> Envelope:

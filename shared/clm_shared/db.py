@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -26,10 +27,16 @@ def create_engine(database_url: str, *, schema: str, pool_size: int = 5) -> Asyn
     """An engine whose connections see the service's schema first."""
     return create_async_engine(
         database_url,
+        json_serializer=_json_text,
+        json_deserializer=orjson.loads,
         pool_size=pool_size,
         pool_pre_ping=True,
         connect_args={"server_settings": {"search_path": schema}, "timeout": 10},
     )
+
+
+def _json_text(value: object) -> str:
+    return orjson.dumps(value).decode()
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

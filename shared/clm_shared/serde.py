@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
-import orjson
 from pydantic import BaseModel, ValidationError
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -32,11 +31,10 @@ class JsonDeserializer(Generic[Model]):
         if value is None:
             raise DecodeError("empty record value")
         try:
-            raw = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            raise DecodeError(f"not JSON: {exc}") from exc
-        try:
-            return self.model.model_validate(raw)
+            # Straight from bytes: pydantic-core parses and validates in one pass.
+            return self.model.model_validate_json(value)
         except ValidationError as exc:
+            if any(e["type"] == "json_invalid" for e in exc.errors()):
+                raise DecodeError(f"not JSON: {exc.errors()[0]['msg']}") from exc
             fields = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors())
             raise DecodeError(f"invalid {self.model.__name__}: {fields}") from exc

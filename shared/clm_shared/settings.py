@@ -37,7 +37,7 @@ class Settings(BaseSettings):
         None, description="YAML lifecycle rules replacing the shipped defaults (stage-engine)."
     )
     stage_engine_batch_size: int = Field(
-        500, ge=1, le=10000, description="Touchpoints the stage engine applies in one transaction."
+        2000, ge=1, le=10000, description="Touchpoints the stage engine applies in one transaction."
     )
     stage_engine_timer_interval_s: float = Field(
         1.0, gt=0, le=3600, description="How often the stage engine looks for due inactivity timers."

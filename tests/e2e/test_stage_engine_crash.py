@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import signal
 import subprocess
@@ -11,6 +10,7 @@ import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from clm_cli.infra.process import free_port
 from clm_shared.cloudevents import decode
@@ -29,7 +29,7 @@ from tests.utils.factories import touchpoint
 from tests.utils.kafka import read_records
 from tests.waiting import wait_for
 
-JOURNEY = [
+JOURNEY: list[tuple[str, dict[str, Any]]] = [
     ("Ad Impression", {}),
     ("Product Viewed", {}),
     ("Signed Up", {}),
@@ -89,7 +89,7 @@ async def test_a_killed_engine_restarts_to_exactly_the_undisturbed_result(
         await wait_for(lambda: applied_at_least(len(events)), timeout_s=180, what="every touchpoint applied")
 
         async def drained() -> bool:
-            return (await snapshot(settings))["outbox"] == 0
+            return bool((await snapshot(settings))["outbox"] == 0)
 
         await wait_for(drained, timeout_s=60, what="the outbox drained")
         engine.send_signal(signal.SIGTERM)

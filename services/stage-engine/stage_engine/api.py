@@ -7,17 +7,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel
-from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_shared.cloudevents import encode
 from clm_shared.schemas.lifecycle import CustomerErased, EventType, Health, Stage
 from stage_engine.batch import event_id
 from stage_engine.events import SERVICE
-from stage_engine.lifecycle import CustomerState
-from stage_engine.repository import lock_customers, resolve
-from stage_engine.tables import customers, erased_counts, history, identities, outbox, timers
+from stage_engine.repository import HISTORY_COLUMNS, load_customers, lock_customers, resolve, transaction
+from stage_engine.tables import customers
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
 
@@ -69,22 +67,20 @@ class CustomerPage(BaseModel):
 @router.get("/{customer_id}", response_model=CustomerPublic)
 async def get_customer(customer_id: str, engine: Engine) -> CustomerPublic:
     """One customer by userId or anonymousId: stage, health, traits, counters and history."""
-    async with engine.connect() as conn:
-        canonical = (await resolve(conn, [customer_id])).get(customer_id, customer_id)
-        row = (await conn.execute(select(customers.c.state).where(customers.c.customer_id == canonical))).first()
-        if row is None:
+    async with transaction(engine) as db:
+        canonical = (await resolve(db, [customer_id])).get(customer_id, customer_id)
+        found = await load_customers(db, [canonical])
+        if canonical not in found:
             raise HTTPException(404, f"no customer {customer_id!r}")
-        state = CustomerState.model_validate(row[0])
-        aliases = list(
-            (await conn.execute(select(identities.c.alias_id).where(identities.c.customer_id == canonical))).scalars()
-        )
+        state = found[canonical]
+        aliases = [r[0] for r in await db.fetch("SELECT alias_id FROM identities WHERE customer_id = $1", canonical)]
         # Both histories are kept on a merge: the merged profiles' rows are listed too, all by event time.
-        rows = await conn.execute(
-            select(history)
-            .where(history.c.customer_id.in_([canonical, *aliases]))
-            .order_by(history.c.event_time, history.c.customer_id != canonical, history.c.sequence)
+        rows = await db.fetch(
+            f"SELECT {', '.join(HISTORY_COLUMNS)} FROM history WHERE customer_id = ANY($1::text[])"
+            " ORDER BY event_time, customer_id <> $2, sequence",
+            [canonical, *aliases],
+            canonical,
         )
-        items = [HistoryItem.model_validate(r, from_attributes=True) for r in rows]
     return CustomerPublic(
         customer_id=canonical,
         known_ids=sorted({canonical, *aliases}),
@@ -95,7 +91,7 @@ async def get_customer(customer_id: str, engine: Engine) -> CustomerPublic:
         revenue=state.signal_revenue,
         first_seen_at=state.first_seen_at,
         last_activity_at=state.last_activity_at,
-        history=items,
+        history=[HistoryItem.model_validate(dict(row)) for row in rows],
     )
 
 
@@ -132,27 +128,21 @@ async def erase_customer(customer_id: str, request: Request, engine: Engine) -> 
     ``clm.customer.erased`` is published so that the other services erase their copies too.
     """
     topic = request.app.state.ctx.topics.stage_changes
-    async with engine.begin() as conn:
-        canonical = (await resolve(conn, [customer_id])).get(customer_id, customer_id)
-        await lock_customers(conn, [canonical])
-        row = (await conn.execute(select(customers.c.state).where(customers.c.customer_id == canonical))).first()
-        if row is None:
+    async with transaction(engine) as db:
+        canonical = (await resolve(db, [customer_id])).get(customer_id, customer_id)
+        await lock_customers(db, [canonical])
+        found = await load_customers(db, [canonical])
+        if canonical not in found:
             raise HTTPException(404, f"no customer {customer_id!r}")
-        state = CustomerState.model_validate(row[0])
-        counts = insert(erased_counts).values(stage=str(state.stage), health=str(state.health), customers=1)
-        await conn.execute(
-            counts.on_conflict_do_update(
-                index_elements=[erased_counts.c.stage, erased_counts.c.health],
-                set_={"customers": erased_counts.c.customers + 1},
-            )
+        state = found[canonical]
+        await db.execute(
+            "INSERT INTO erased_counts (stage, health, customers) VALUES ($1, $2, 1)"
+            " ON CONFLICT (stage, health) DO UPDATE SET customers = erased_counts.customers + 1",
+            str(state.stage),
+            str(state.health),
         )
-        for table, column in (
-            (customers, customers.c.customer_id),
-            (history, history.c.customer_id),
-            (identities, identities.c.customer_id),
-            (timers, timers.c.customer_id),
-        ):
-            await conn.execute(delete(table).where(column == canonical))
+        for table in ("customers", "history", "identities", "timers"):
+            await db.execute(f"DELETE FROM {table} WHERE customer_id = $1", canonical)
         now = datetime.now(UTC)
         sequence = state.sequence + 1
         message = encode(
@@ -164,6 +154,8 @@ async def erase_customer(customer_id: str, request: Request, engine: Engine) -> 
             time=now,
             data=CustomerErased(customer_id=canonical, erased_at=now),
         )
-        await conn.execute(insert(outbox).values(topic=topic, key=canonical.encode(), value=message.value))
+        await db.execute(
+            "INSERT INTO outbox (topic, key, value) VALUES ($1, $2, $3)", topic, canonical.encode(), message.value
+        )
     request.app.state.engine.outbox_ready.set()
     return Response(status_code=204)

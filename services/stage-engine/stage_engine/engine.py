@@ -16,7 +16,14 @@ from clm_shared.kafka.consumer import Consumed
 from clm_shared.kafka.producer import OutgoingRecord, Publisher
 from clm_shared.schemas.touchpoint import Touchpoint
 from stage_engine.batch import BatchState, apply_batch, apply_clock, ids_needed
-from stage_engine.repository import claim_due_timers, load_batch, load_customers, lock_customers, save_batch
+from stage_engine.repository import (
+    claim_due_timers,
+    load_batch,
+    load_customers,
+    lock_customers,
+    save_batch,
+    transaction,
+)
 from stage_engine.rules import Rules
 from stage_engine.tables import outbox
 
@@ -47,23 +54,23 @@ class StageEngine:
         """One transaction per batch; the consumer loop commits offsets only after it returns."""
         touchpoints = [item.value for item in batch]
         with BATCH_SECONDS.time():
-            async with self.engine.begin() as conn:
-                state = await load_batch(conn, ids_needed(touchpoints), [tp.message_id for tp in touchpoints])
+            async with transaction(self.engine) as db:
+                state = await load_batch(db, ids_needed(touchpoints), [tp.message_id for tp in touchpoints])
                 apply_batch(touchpoints, state, self.rules)
-                await save_batch(conn, state, self.rules, self.stage_changes_topic)
+                await save_batch(db, state, self.rules, self.stage_changes_topic)
         self._count(state)
 
     async def fire_timers(self) -> int:
         """Apply the engine's clock to every customer whose timer is due; returns how many fired."""
         now = self.clock()
-        async with self.engine.begin() as conn:
-            due = await claim_due_timers(conn, now, self.timer_batch)
+        async with transaction(self.engine) as db:
+            due = await claim_due_timers(db, now, self.timer_batch)
             if not due:
                 return 0
-            await lock_customers(conn, due)
-            state = BatchState(await load_customers(conn, due), {}, set())
+            await lock_customers(db, due)
+            state = BatchState(await load_customers(db, due), {}, set())
             apply_clock(due, now, state, self.rules)
-            await save_batch(conn, state, self.rules, self.stage_changes_topic)
+            await save_batch(db, state, self.rules, self.stage_changes_topic)
         self._count(state)
         return len(due)
 

@@ -83,9 +83,21 @@ def new_customer(customer_id: str) -> CustomerState:
     return CustomerState(customer_id=customer_id)
 
 
+def copy_state(state: CustomerState) -> CustomerState:
+    """A copy whose containers can be changed without touching the original (cheaper than deepcopy)."""
+    return state.model_copy(
+        update={
+            "signal_counts": dict(state.signal_counts),
+            "signal_times": {name: list(times) for name, times in state.signal_times.items()},
+            "signal_revenue": dict(state.signal_revenue),
+            "traits": dict(state.traits),
+        }
+    )
+
+
 def apply_touchpoint(state: CustomerState, tp: Touchpoint, rules: Rules) -> Outcome:
     """Apply one touchpoint (identity calls only touch traits); return the new state and its changes."""
-    state = state.model_copy(deep=True)
+    state = copy_state(state)
     outcome = Outcome(state)
     if tp.traits:
         state.traits.update(tp.traits)
@@ -93,7 +105,7 @@ def apply_touchpoint(state: CustomerState, tp: Touchpoint, rules: Rules) -> Outc
         return outcome
     if state.first_seen_at is None or tp.timestamp < state.first_seen_at:
         state.first_seen_at = tp.timestamp
-    matched = [name for name, signal in rules.signals.items() if signal.matches(tp)]
+    matched = rules.matching_signals(tp)
     is_activity = any(name in rules.health.activity for name in matched)
     is_newer = state.last_activity_at is None or tp.timestamp > state.last_activity_at
     if is_activity and is_newer and _health_applies(state, rules):
@@ -112,7 +124,7 @@ def apply_touchpoint(state: CustomerState, tp: Touchpoint, rules: Rules) -> Outc
 
 def tick(state: CustomerState, now: datetime, rules: Rules) -> Outcome:
     """The engine's clock moved to ``now``: inactivity may make the customer at risk or churned."""
-    state = state.model_copy(deep=True)
+    state = copy_state(state)
     outcome = Outcome(state)
     if _health_applies(state, rules):
         _inactivity(state, now, rules, outcome, inclusive=True)
@@ -135,7 +147,7 @@ def merge(known: CustomerState, anonymous: CustomerState, rules: Rules, *, messa
 
     Health comes from whichever profile was active more recently; traits of the known profile win.
     """
-    merged = known.model_copy(deep=True)
+    merged = copy_state(known)
     outcome = Outcome(merged)
     for name, count in anonymous.signal_counts.items():
         merged.signal_counts[name] = merged.signal_counts.get(name, 0) + count

@@ -1,140 +1,167 @@
-"""PostgreSQL adapter: load what a batch needs (locking its customers), write back what it changed."""
+"""PostgreSQL adapter: load what a batch needs (locking its customers), write back what it changed.
+
+The hot path talks to asyncpg directly (a connection from the SQLAlchemy pool, in an asyncpg
+transaction): array parameters (``= ANY($1)``, ``unnest``) and COPY instead of thousands of bound
+parameters, which profiling showed to be most of the engine's time.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, text
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_shared.kafka.producer import OutgoingRecord
 from stage_engine.batch import BatchState
 from stage_engine.events import to_history_row, to_record
 from stage_engine.lifecycle import CustomerState, next_timer
 from stage_engine.rules import Rules
-from stage_engine.tables import customers, history, identities, outbox, processed_messages, timers
+
+HISTORY_COLUMNS = (
+    "customer_id",
+    "sequence",
+    "event_id",
+    "kind",
+    "from_value",
+    "to_value",
+    "skipped",
+    "rule",
+    "message_id",
+    "event_time",
+)
 
 
-async def lock_customers(conn: AsyncConnection, ids: Iterable[str]) -> None:
+Db = Any  # an asyncpg connection (asyncpg ships no type hints)
+
+
+@asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[Db]:
+    """An asyncpg connection from the engine's pool, inside one transaction (committed on success)."""
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        db: Db = raw.driver_connection
+        async with db.transaction():
+            yield db
+
+
+async def lock_customers(db: Db, ids: Iterable[str]) -> None:
     """Transaction-scoped advisory locks, in one order, so two engines never work on one customer at once.
 
     Advisory locks cover customers that do not exist yet, which row locks cannot.
     """
     ordered = sorted(set(ids))
     if ordered:
-        await conn.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) FROM unnest(CAST(:ids AS text[])) AS id"),
-            {"ids": ordered},
-        )
+        await db.execute("SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) FROM unnest($1::text[]) AS id", ordered)
 
 
-async def resolve(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, str]:
+async def resolve(db: Db, ids: Iterable[str]) -> dict[str, str]:
     wanted = list(set(ids))
     if not wanted:
         return {}
-    rows = await conn.execute(
-        select(identities.c.alias_id, identities.c.customer_id).where(identities.c.alias_id.in_(wanted))
-    )
-    return {alias: canonical for alias, canonical in rows}
+    rows = await db.fetch("SELECT alias_id, customer_id FROM identities WHERE alias_id = ANY($1::text[])", wanted)
+    return {row[0]: row[1] for row in rows}
 
 
-async def load_batch(conn: AsyncConnection, ids: set[str], message_ids: Sequence[str]) -> BatchState:
+async def load_batch(db: Db, ids: set[str], message_ids: Sequence[str]) -> BatchState:
     """Lock and load every customer the ids resolve to, the identities, and which messages are done."""
     while True:
-        mapping = await resolve(conn, ids)
+        mapping = await resolve(db, ids)
         canonical = {mapping.get(i, i) for i in ids}
-        await lock_customers(conn, canonical | ids)
+        await lock_customers(db, canonical | ids)
         # Another engine may have merged one of them while this one waited for the lock.
-        if await resolve(conn, ids) == mapping:
+        if await resolve(db, ids) == mapping:
             break
-    loaded = await load_customers(conn, canonical)
-    seen = await conn.execute(
-        select(processed_messages.c.message_id).where(processed_messages.c.message_id.in_(list(message_ids)))
+    loaded = await load_customers(db, canonical)
+    seen = await db.fetch(
+        "SELECT message_id FROM processed_messages WHERE message_id = ANY($1::text[])", list(message_ids)
     )
     return BatchState(loaded, mapping, {row[0] for row in seen})
 
 
-async def load_customers(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, CustomerState]:
+async def load_customers(db: Db, ids: Iterable[str]) -> dict[str, CustomerState]:
     wanted = list(ids)
     if not wanted:
         return {}
-    rows = await conn.execute(select(customers.c.state).where(customers.c.customer_id.in_(wanted)))
-    states = [CustomerState.model_validate(row[0]) for row in rows]
+    rows = await db.fetch("SELECT state::text FROM customers WHERE customer_id = ANY($1::text[])", wanted)
+    states = [CustomerState.model_validate_json(row[0]) for row in rows]
     return {state.customer_id: state for state in states}
 
 
-async def save_batch(conn: AsyncConnection, state: BatchState, rules: Rules, topic: str) -> None:
+async def save_batch(db: Db, state: BatchState, rules: Rules, topic: str) -> None:
     """Write the batch's effects in the caller's transaction: state, history, outbox and timers together."""
     touched = [state.customers[cid] for cid in sorted(state.touched) if cid in state.customers]
     if touched:
-        rows = [
-            {"customer_id": c.customer_id, "stage": c.stage, "health": c.health, "state": c.model_dump(mode="json")}
-            for c in touched
-        ]
-        statement = insert(customers)
-        await conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=[customers.c.customer_id],
-                set_={
-                    "stage": statement.excluded.stage,
-                    "health": statement.excluded.health,
-                    "state": statement.excluded.state,
-                    "updated_at": func.now(),
-                },
-            ),
-            rows,
+        await db.execute(
+            """
+            INSERT INTO customers (customer_id, stage, health, state, updated_at)
+            SELECT u.id, u.stage, u.health, u.state::jsonb, now()
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(id, stage, health, state)
+            ON CONFLICT (customer_id) DO UPDATE
+            SET stage = excluded.stage, health = excluded.health, state = excluded.state, updated_at = now()
+            """,
+            [c.customer_id for c in touched],
+            [c.stage.value if c.stage else None for c in touched],
+            [c.health.value for c in touched],
+            [c.model_dump_json() for c in touched],
         )
     if state.removed:
-        await conn.execute(delete(customers).where(customers.c.customer_id.in_(list(state.removed))))
-        await conn.execute(delete(timers).where(timers.c.customer_id.in_(list(state.removed))))
+        removed = list(state.removed)
+        await db.execute("DELETE FROM customers WHERE customer_id = ANY($1::text[])", removed)
+        await db.execute("DELETE FROM timers WHERE customer_id = ANY($1::text[])", removed)
     if state.new_identities:
-        statement = insert(identities)
-        await conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=[identities.c.alias_id], set_={"customer_id": statement.excluded.customer_id}
-            ),
-            [{"alias_id": a, "customer_id": c} for a, c in state.new_identities.items()],
+        await db.execute(
+            """
+            INSERT INTO identities (alias_id, customer_id) SELECT * FROM unnest($1::text[], $2::text[])
+            ON CONFLICT (alias_id) DO UPDATE SET customer_id = excluded.customer_id
+            """,
+            list(state.new_identities),
+            list(state.new_identities.values()),
         )
     if state.new_processed:
-        # A plain insert: if another engine recorded one of these meanwhile, this transaction fails
+        # No ON CONFLICT: if another engine recorded one of these meanwhile, this transaction fails
         # and the batch is retried, and then finds it processed.
-        await conn.execute(insert(processed_messages), [{"message_id": m} for m in state.new_processed])
+        await db.copy_records_to_table(
+            "processed_messages", records=[(m,) for m in state.new_processed], columns=["message_id"]
+        )
     if state.emitted:
-        await conn.execute(insert(history), [to_history_row(item) for item in state.emitted])
-        await conn.execute(insert(outbox), [_outbox_row(to_record(item, topic)) for item in state.emitted])
-    await save_timers(conn, touched, rules)
+        rows = [to_history_row(item) for item in state.emitted]
+        await db.copy_records_to_table(
+            "history", records=[tuple(_text(row[c]) for c in HISTORY_COLUMNS) for row in rows], columns=HISTORY_COLUMNS
+        )
+        records = [to_record(item, topic) for item in state.emitted]
+        await db.copy_records_to_table(
+            "outbox", records=[(r.topic, r.key or b"", r.value) for r in records], columns=["topic", "key", "value"]
+        )
+    await save_timers(db, touched, rules)
 
 
-async def save_timers(conn: AsyncConnection, touched: Sequence[CustomerState], rules: Rules) -> None:
+def _text(value: Any) -> Any:
+    """Enums as their text for COPY (it does not know our types)."""
+    return value.value if hasattr(value, "value") and not isinstance(value, datetime) else value
+
+
+async def save_timers(db: Db, touched: Sequence[CustomerState], rules: Rules) -> None:
     due = {c.customer_id: next_timer(c, rules) for c in touched}
-    pending = [{"customer_id": cid, "due_at": at} for cid, at in due.items() if at is not None]
+    pending = [(cid, at) for cid, at in due.items() if at is not None]
     done = [cid for cid, at in due.items() if at is None]
     if pending:
-        statement = insert(timers)
-        await conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=[timers.c.customer_id], set_={"due_at": statement.excluded.due_at}
-            ),
-            pending,
+        await db.execute(
+            """
+            INSERT INTO timers (customer_id, due_at) SELECT * FROM unnest($1::text[], $2::timestamptz[])
+            ON CONFLICT (customer_id) DO UPDATE SET due_at = excluded.due_at
+            """,
+            [p[0] for p in pending],
+            [p[1] for p in pending],
         )
     if done:
-        await conn.execute(delete(timers).where(timers.c.customer_id.in_(done)))
+        await db.execute("DELETE FROM timers WHERE customer_id = ANY($1::text[])", done)
 
 
-async def claim_due_timers(conn: AsyncConnection, now: datetime, limit: int) -> list[str]:
+async def claim_due_timers(db: Db, now: datetime, limit: int) -> list[str]:
     """Due timers, claimed so that two engines never fire one twice."""
-    rows = await conn.execute(
-        select(timers.c.customer_id)
-        .where(timers.c.due_at <= now)
-        .order_by(timers.c.due_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+    rows = await db.fetch(
+        "SELECT customer_id FROM timers WHERE due_at <= $1 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit
     )
     return [row[0] for row in rows]
-
-
-def _outbox_row(record: OutgoingRecord) -> dict[str, Any]:
-    return {"topic": record.topic, "key": record.key or b"", "value": record.value}

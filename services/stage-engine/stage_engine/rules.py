@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,18 @@ class HealthRules(_Strict):
         return timedelta(days=self.churned_after_days)
 
 
+@dataclass(frozen=True)
+class _RuleIndex:
+    by_event: dict[str, list[str]]
+    by_category: dict[Category, list[str]]
+    windowed: dict[Stage | None, frozenset[str]]
+
+
+# Rules objects are immutable and few: their indexes live here, because pydantic's private
+# attributes go through __getattr__, which showed up in profiles of the hot path.
+_INDEXES: dict[int, _RuleIndex] = {}
+
+
 class Rules(_Strict):
     signals: dict[str, Signal]
     stages: tuple[StageRule, ...]
@@ -130,19 +143,41 @@ class Rules(_Strict):
             raise ValueError("health: churned_after_days must be longer than at_risk_after_days")
         return self
 
+    def model_post_init(self, context: Any) -> None:
+        # Indexes the hot path uses: which signals an event name or category can match, and which
+        # windowed signals each stage still needs.
+        by_event: dict[str, list[str]] = {}
+        by_category: dict[Category, list[str]] = {}
+        for name, signal in self.signals.items():
+            for event in signal.events:
+                by_event.setdefault(event, []).append(name)
+            if not signal.events and signal.category is not None:
+                by_category.setdefault(signal.category, []).append(name)
+        windowed = {stage: self._windowed_above(stage) for stage in (None, *STAGE_ORDER)}
+        _INDEXES[id(self)] = _RuleIndex(by_event, by_category, windowed)
+
+    def matching_signals(self, tp: Touchpoint) -> list[str]:
+        """Names of the signals a touchpoint matches, in the order the rules file lists them."""
+        index = _INDEXES[id(self)]
+        candidates = [*index.by_event.get(tp.event or "", ()), *index.by_category.get(tp.category, ())]
+        return [name for name in candidates if self.signals[name].matches(tp)]
+
     def rule_for(self, stage: Stage) -> StageRule:
         return self.stages[stage.rank]
 
-    def windowed_signals(self, above: Stage | None) -> set[str]:
+    def windowed_signals(self, above: Stage | None) -> frozenset[str]:
         """Signals whose event times a rule of a stage above ``above`` still needs."""
+        return _INDEXES[id(self)].windowed[above]
+
+    def _windowed_above(self, above: Stage | None) -> frozenset[str]:
         floor = -1 if above is None else above.rank
-        return {
+        return frozenset(
             c.signal
             for rule in self.stages
             if rule.stage.rank > floor
             for c in rule.when
             if c.signal is not None and c.within_days is not None
-        }
+        )
 
 
 def parse_rules(raw: Any, *, source: str = "rules") -> Rules:

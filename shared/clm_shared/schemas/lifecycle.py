@@ -22,10 +22,11 @@ class Stage(StrEnum):
 
     @property
     def rank(self) -> int:
-        return STAGE_ORDER.index(self)
+        return _RANK[self]
 
 
 STAGE_ORDER: tuple[Stage, ...] = tuple(Stage)
+_RANK = {stage: index for index, stage in enumerate(STAGE_ORDER)}
 
 
 class Health(StrEnum):

@@ -1,0 +1,277 @@
+"""Stage-engine benchmark: catch-up rate on a backlog, and ingest-ack to stage-change latency at a steady rate.
+
+Starts its own Kafka and PostgreSQL, writes the backlog straight to the touchpoints topic, starts
+the engine and times it until every touchpoint is applied. Then, with ingest running too, sends
+first touchpoints of new customers at a fixed rate through `/v1/batch` and times, per event, from
+ingest's 200 to the `discovery` change on `clm.stage-changes.v1`. Prints the figures and writes
+them to bench/results/. Sizes: BENCH_CUSTOMERS (100,000), BENCH_EVENTS_PER_CUSTOMER (10),
+BENCH_RATE (2,000 events/s), BENCH_SECONDS (20).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from clm_cli.infra.kafka import KafkaServer
+from clm_cli.infra.postgres import PostgresServer
+from clm_cli.infra.process import free_port, two_free_ports
+from clm_shared.categories import categorize
+from clm_shared.cloudevents import decode
+from clm_shared.db import create_engine
+from clm_shared.kafka.admin import ensure_topics
+from clm_shared.kafka.producer import OutgoingRecord, Publisher
+from clm_shared.migrations import apply_migrations
+from clm_shared.schemas.touchpoint import Touchpoint
+from clm_shared.serde import JsonSerializer
+from clm_shared.topics import Topics
+from ingest.app import MIGRATIONS as INGEST_MIGRATIONS
+from ingest.keys import create_key
+
+ROOT = Path(__file__).resolve().parents[2]
+CUSTOMERS = int(os.environ.get("BENCH_CUSTOMERS", "100000"))
+PER_CUSTOMER = int(os.environ.get("BENCH_EVENTS_PER_CUSTOMER", "10"))
+RATE = int(os.environ.get("BENCH_RATE", "2000"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "20"))
+PARTITIONS = 6
+JOURNEY = [
+    ("Ad Impression", {}),
+    ("Product Viewed", {}),
+    ("Signed Up", {}),
+    ("Product Added", {}),
+    ("Order Completed", {"revenue": 40.0}),
+    ("Email Opened", {}),
+    ("Order Completed", {"revenue": 70.0}),
+    ("NPS Survey Answered", {"score": 9}),
+    ("Order Completed", {"revenue": 90.0}),
+    ("Referral Sent", {}),
+]
+
+
+def backlog_touchpoint(customer: int, step: int, start: datetime) -> Touchpoint:
+    event, props = JOURNEY[step % len(JOURNEY)]
+    at = start + timedelta(hours=step * 7)
+    return Touchpoint(
+        message_id=f"bench-{customer}-{step}",
+        type="track",
+        customer_key=f"cust-{customer}",
+        user_id=f"cust-{customer}",
+        event=event,
+        category=categorize("track", event),
+        properties=props,
+        timestamp=at,
+        received_at=at,
+    )
+
+
+async def write_backlog(bootstrap: str, topic: str) -> float:
+    publisher = Publisher(bootstrap, client_id="bench", timeout_s=60, linger_ms=20)
+    serialize = JsonSerializer()
+    start = datetime.now(UTC) - timedelta(days=5)
+    began = time.monotonic()
+    try:
+        for step in range(PER_CUSTOMER):
+            for first in range(0, CUSTOMERS, 5000):
+                batch = [backlog_touchpoint(c, step, start) for c in range(first, min(first + 5000, CUSTOMERS))]
+                await publisher.publish_many(
+                    [OutgoingRecord(topic, serialize(tp), key=tp.customer_key.encode()) for tp in batch]
+                )
+    finally:
+        await publisher.stop()
+    return time.monotonic() - began
+
+
+async def applied(database_url: str) -> int:
+    engine = create_engine(database_url, schema="stage_engine", pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            from sqlalchemy import text
+
+            return int(await conn.scalar(text("SELECT count(*) FROM processed_messages")) or 0)
+    except Exception:
+        return 0
+    finally:
+        await engine.dispose()
+
+
+async def wait_applied(database_url: str, total: int, timeout_s: float) -> float:
+    began = time.monotonic()
+    while await applied(database_url) < total:
+        if time.monotonic() - began > timeout_s:
+            raise SystemExit(f"the engine did not apply {total} touchpoints within {timeout_s:.0f}s")
+        await asyncio.sleep(0.5)
+    return time.monotonic() - began
+
+
+async def latency_run(base: str, key: str, bootstrap: str, topic: str) -> dict[str, float]:
+    """New customers' first touchpoints at RATE events/s in 20-event batches; ack to change latency."""
+    acked: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None)
+    await consumer.start()
+    await consumer.seek_to_end()
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        while not stop.is_set() or len(seen) < len(acked):
+            for records in (await consumer.getmany(timeout_ms=100)).values():
+                now = time.monotonic()
+                for record in records:
+                    message_id = decode(record.value).data.get("message_id")
+                    if message_id and message_id.startswith("lat-"):
+                        seen.setdefault(message_id, now)
+            if stop.is_set() and time.monotonic() - stopped_at > 30:
+                break
+
+    batch_size = 20
+    interval = batch_size / RATE
+    watcher = asyncio.create_task(watch())
+    async with httpx.AsyncClient(base_url=base, auth=(key, ""), timeout=10) as client:
+
+        async def send(n: int) -> None:
+            ids = [f"lat-{n}-{i}" for i in range(batch_size)]
+            body = {
+                "batch": [
+                    {"type": "page", "anonymousId": f"new-{n}-{i}", "messageId": m, "name": "Home"}
+                    for i, m in enumerate(ids)
+                ]
+            }
+            answer = await client.post("/v1/batch", content=orjson.dumps(body))
+            if answer.status_code == 200:
+                now = time.monotonic()
+                acked.update((m, now) for m in ids)
+
+        began = time.monotonic()
+        sends = []
+        for n in range(int(SECONDS * RATE / batch_size)):
+            delay = began + n * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sends.append(asyncio.create_task(send(n)))
+        await asyncio.gather(*sends)
+    stopped_at = time.monotonic()
+    stop.set()
+    await watcher
+    await consumer.stop()
+    latencies = sorted(max(0.0, seen[m] - acked[m]) * 1000 for m in acked if m in seen)
+    if not latencies:
+        raise SystemExit("no stage change was observed")
+    return {
+        "events": len(acked),
+        "observed": len(latencies),
+        "p50_ms": latencies[len(latencies) // 2],
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1],
+        "max_ms": latencies[-1],
+    }
+
+
+async def make_key(database_url: str) -> str:
+    engine = create_engine(database_url, schema="ingest", pool_size=1)
+    try:
+        await apply_migrations(engine, script_location=INGEST_MIGRATIONS, schema="ingest")
+        return await create_key(engine, name=f"bench-{time.time_ns()}")
+    finally:
+        await engine.dispose()
+
+
+def wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not become ready")
+
+
+def main() -> None:
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    scratch = Path(tempfile.mkdtemp(prefix="clm-bench-engine-"))
+    scratch.chmod(0o755)
+    kafka = KafkaServer(cache_dir=ROOT / ".cache", data_dir=scratch / "kafka", port=two_free_ports())
+    postgres = PostgresServer(data_dir=scratch / "pg", port=free_port())
+    topics = Topics()
+    processes: list[subprocess.Popen[bytes]] = []
+    kafka.install()
+    kafka.start()
+    postgres.start()
+    try:
+        kafka.wait_ready()
+        postgres.ensure_database()
+        asyncio.run(ensure_topics(kafka.bootstrap, {name: PARTITIONS for name in topics.all()}))
+        total = CUSTOMERS * PER_CUSTOMER
+        print(f"writing {total:,} touchpoints for {CUSTOMERS:,} customers to the topic...", flush=True)
+        written_s = asyncio.run(write_backlog(kafka.bootstrap, topics.touchpoints))
+        engine_port, ingest_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "CLM_KAFKA_BOOTSTRAP": kafka.bootstrap,
+            "CLM_DATABASE_URL": postgres.url,
+            "CLM_STAGE_ENGINE_PORT": str(engine_port),
+            "CLM_INGEST_PORT": str(ingest_port),
+            "CLM_LOG_LEVEL": "WARNING",
+            "CLM_KAFKA_PARTITIONS": str(PARTITIONS),
+        }
+        log = (scratch / "services.log").open("wb")
+        began = time.monotonic()
+        processes.append(subprocess.Popen([sys.executable, "-m", "stage_engine"], env=env, stdout=log, stderr=log))
+        print("catching up...", flush=True)
+        asyncio.run(wait_applied(postgres.url, total, timeout_s=3600))
+        catch_up_s = time.monotonic() - began
+        processes.append(subprocess.Popen([sys.executable, "-m", "ingest"], env=env, stdout=log, stderr=log))
+        wait_ready(f"http://127.0.0.1:{ingest_port}")
+        key = asyncio.run(make_key(postgres.url))
+        print(f"latency at {RATE:,} events/s for {SECONDS}s...", flush=True)
+        latency = asyncio.run(
+            latency_run(f"http://127.0.0.1:{ingest_port}", key, kafka.bootstrap, topics.stage_changes)
+        )
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=60)
+        kafka.stop()
+        postgres.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    summary = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "touchpoints": total,
+        "customers": CUSTOMERS,
+        "partitions": PARTITIONS,
+        "backlog_write_s": written_s,
+        "catch_up_s": catch_up_s,
+        "catch_up_events_per_s": total / catch_up_s,
+        "latency_rate_events_per_s": RATE,
+        **{f"latency_{k}": v for k, v in latency.items()},
+    }
+    print(f"stage engine benchmark ({total:,} touchpoints, {CUSTOMERS:,} customers, {PARTITIONS} partitions)")
+    rate = summary["catch_up_events_per_s"]
+    print(f"  catch-up        : {rate:9,.0f} events/s ({catch_up_s:.1f} s, start-up included)")
+    print(
+        f"  ack -> change   : p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms,"
+        f" max {latency['max_ms']:.1f} ms at {RATE:,} events/s"
+        f" ({latency['observed']:,} of {latency['events']:,} observed)"
+    )
+    results = ROOT / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / f"stage-engine-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    out.write_text(json.dumps(summary, indent=2))
+    print(f"  written to {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
