@@ -35,6 +35,7 @@ test: install lint
 
 bench: install
 	$(BIN)/python bench/ingest/run.py
+	$(BIN)/python bench/stage_engine/run.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
 
         async def consume() -> None:
             await ctx.topics_ready.wait()
-            await loop.run()
+            await loop.run_forever()
 
         tasks.extend(
             [

@@ -9,6 +9,7 @@ from typing import Generic, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
 from clm_shared.kafka.producer import OutgoingRecord, Publisher
@@ -107,9 +108,25 @@ class ConsumerLoop(Generic[T]):
                 if not batches:
                     continue
                 await self._process(batches)
-                await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+                try:
+                    await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+                except KafkaError as exc:
+                    # A rebalance took the partitions away: the new owner gets these records again,
+                    # and handlers are idempotent, so this is safe to log and move on from.
+                    log.warning(
+                        "offset commit failed; records will be redelivered", group=self.group_id, error=repr(exc)
+                    )
         finally:
             await consumer.stop()
+
+    async def run_forever(self, *, restart_delay_s: float = 1.0) -> None:
+        """``run``, restarted with a fresh consumer after an unexpected failure, until ``stop()``."""
+        while not self._stopping.is_set():
+            try:
+                await self.run()
+            except Exception as exc:
+                log.error("consumer loop failed; restarting", group=self.group_id, error=repr(exc))
+                await asyncio.sleep(restart_delay_s)
 
     async def _process(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         decoded: list[Consumed[T]] = []
