@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -10,7 +11,7 @@ from clm_shared.db import create_engine, service_schema
 from clm_shared.settings import Settings
 
 
-async def snapshot(settings: Settings) -> dict[str, Any]:
+async def snapshot(settings: Settings, clock: datetime | None = None) -> dict[str, Any]:
     engine = create_engine(settings.database_url, schema=service_schema(settings, "stage-engine"), pool_size=1)
     try:
         async with engine.connect() as conn:
@@ -28,6 +29,9 @@ async def snapshot(settings: Settings) -> dict[str, Any]:
             ]
             processed = await conn.scalar(text("SELECT count(*) FROM processed_messages"))
             outbox = await conn.scalar(text("SELECT count(*) FROM outbox"))
+            due = await conn.scalar(
+                text("SELECT count(*) FROM timers WHERE due_at <= :now"), {"now": clock or datetime.now(UTC)}
+            )
     finally:
         await engine.dispose()
     return {
@@ -36,6 +40,7 @@ async def snapshot(settings: Settings) -> dict[str, Any]:
         "history": history,
         "processed": processed,
         "outbox": outbox,
+        "due_timers": due,
     }
 
 

@@ -146,7 +146,7 @@ async def erase_customer(customer_id: str, request: Request, engine: Engine) -> 
         now = datetime.now(UTC)
         sequence = state.sequence + 1
         message = encode(
-            event_id=event_id(canonical, sequence),
+            event_id=event_id(canonical, sequence, state.origin),
             event_type=EventType.CUSTOMER_ERASED,
             service=SERVICE,
             customer_id=canonical,

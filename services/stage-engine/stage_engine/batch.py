@@ -48,9 +48,13 @@ class BatchState:
     emitted: list[Emitted] = field(default_factory=list)
 
 
-def event_id(customer_id: str, sequence: int) -> str:
-    """Deterministic, so a replay or a restarted engine publishes the same ids (subscribers dedupe on them)."""
-    return str(uuid.uuid5(_EVENT_IDS, f"{customer_id}/{sequence}"))
+def event_id(customer_id: str, sequence: int, origin: str = "") -> str:
+    """Deterministic, so a replay or a restarted engine publishes the same ids (subscribers dedupe on them).
+
+    ``origin`` (the message that created the profile) keeps a profile re-created after an erasure
+    from repeating the erased one's ids.
+    """
+    return str(uuid.uuid5(_EVENT_IDS, f"{customer_id}/{origin}/{sequence}"))
 
 
 def ids_needed(touchpoints: Iterable[Touchpoint]) -> set[str]:
@@ -74,7 +78,7 @@ def apply_batch(touchpoints: Sequence[Touchpoint], state: BatchState, rules: Rul
             if source_id != customer_id:
                 _merge(state, into=customer_id, source_id=source_id, tp=tp, rules=rules)
             _link(state, merge_from, customer_id)
-        customer = state.customers.get(customer_id) or new_customer(customer_id)
+        customer = state.customers.get(customer_id) or new_customer(customer_id, tp.message_id)
         _record(state, apply_touchpoint(customer, tp, rules))
 
 
@@ -109,7 +113,7 @@ def _merge(state: BatchState, *, into: str, source_id: str, tp: Touchpoint, rule
     source = state.customers.get(source_id)
     if source is None:
         return  # nothing was recorded under that id: linking it is enough
-    known = state.customers.get(into) or new_customer(into)
+    known = state.customers.get(into) or new_customer(into, tp.message_id)
     outcome = merge(known, source, rules, message_id=tp.message_id, at=tp.timestamp)
     _emit(state, outcome.state, Merged(source_id, tp.message_id, tp.timestamp))
     _record(state, outcome)
@@ -133,5 +137,10 @@ def _record(state: BatchState, outcome: Outcome) -> None:
 def _emit(state: BatchState, customer: CustomerState, change: Change | Merged) -> None:
     customer.sequence += 1
     state.emitted.append(
-        Emitted(customer.customer_id, customer.sequence, event_id(customer.customer_id, customer.sequence), change)
+        Emitted(
+            customer.customer_id,
+            customer.sequence,
+            event_id(customer.customer_id, customer.sequence, customer.origin),
+            change,
+        )
     )

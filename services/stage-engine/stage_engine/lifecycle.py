@@ -49,6 +49,7 @@ class CustomerState(BaseModel):
     traits: dict[str, Any] = Field(default_factory=dict)
     first_seen_at: datetime | None = None
     sequence: int = Field(0, description="Number of lifecycle events published for this customer so far.")
+    origin: str = Field("", description="The messageId that created this profile: part of its event ids.")
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,8 @@ class Outcome:
     changes: list[Change] = field(default_factory=list)
 
 
-def new_customer(customer_id: str) -> CustomerState:
-    return CustomerState(customer_id=customer_id)
+def new_customer(customer_id: str, origin: str = "") -> CustomerState:
+    return CustomerState(customer_id=customer_id, origin=origin)
 
 
 def copy_state(state: CustomerState) -> CustomerState:

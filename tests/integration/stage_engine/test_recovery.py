@@ -82,14 +82,13 @@ async def test_rebuild_gives_the_same_stages_health_and_history(settings: Settin
         await wait_for(lambda: _is(processed_count(settings), len(events)), what="every touchpoint applied")
 
         async def settled() -> bool:
-            state = await snapshot(settings)
-            return state["outbox"] == 0 and any(h[3] == "health" for h in state["history"])
+            state = await snapshot(settings, clock.now)
+            return bool(state["outbox"] == 0 and state["due_timers"] == 0)
 
-        await wait_for(settled, what="timers fired and outbox drained")
-        await asyncio.sleep(0)  # let the scheduler finish the round it is in
-    live = await snapshot(settings)
+        await wait_for(settled, what="every due timer fired and the outbox drained")
+    live = await snapshot(settings, clock.now)
     report = await rebuild(settings, clock=clock)
-    rebuilt = await snapshot(settings)
+    rebuilt = await snapshot(settings, clock.now)
     assert report.touchpoints == len(events)
     assert rebuilt == live
     assert any(h[3] == "merge" for h in live["history"])

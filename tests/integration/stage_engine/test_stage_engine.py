@@ -151,3 +151,23 @@ async def test_erasing_a_customer_removes_them_and_publishes_erased(platform: Pl
     assert (await platform.engine.delete("/v1/customers/gone")).status_code == 404
     records = await read_records(platform.settings.kafka_bootstrap, platform.topics.stage_changes, 3)
     assert [decode(r.value).type for r in records][-1] == "clm.customer.erased"
+
+
+async def test_an_erased_customer_who_comes_back_starts_a_fresh_profile(platform: Platform) -> None:
+    await platform.track("back", "Signed Up", 0)
+
+    async def engaged() -> bool:
+        return await platform.stage_of("back") == "engagement"
+
+    await wait_for(engaged, what="first profile")
+    first = await platform.customer("back")
+    assert (await platform.engine.delete("/v1/customers/back")).status_code == 204
+    await platform.track("back", "Ad Impression", 5)
+
+    async def rediscovered() -> bool:
+        return await platform.stage_of("back") == "discovery"
+
+    await wait_for(rediscovered, what="a fresh profile")
+    second = await platform.customer("back")
+    assert first is not None and second is not None
+    assert {h["event_id"] for h in first["history"]}.isdisjoint(h["event_id"] for h in second["history"])
