@@ -46,6 +46,7 @@ CUSTOMERS = int(os.environ.get("BENCH_CUSTOMERS", "100000"))
 PER_CUSTOMER = int(os.environ.get("BENCH_EVENTS_PER_CUSTOMER", "10"))
 RATE = int(os.environ.get("BENCH_RATE", "2000"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "20"))
+WORKERS = int(os.environ.get("BENCH_ENGINE_WORKERS", "1"))
 PARTITIONS = 6
 JOURNEY = [
     ("Ad Impression", {}),
@@ -258,7 +259,10 @@ def main() -> None:
         "latency_rate_events_per_s": RATE,
         **{f"latency_{k}": v for k, v in latency.items()},
     }
-    print(f"stage engine benchmark ({total:,} touchpoints, {CUSTOMERS:,} customers, {PARTITIONS} partitions)")
+    print(
+        f"stage engine benchmark ({total:,} touchpoints, {CUSTOMERS:,} customers, {PARTITIONS} partitions,"
+        f" {WORKERS} engine process(es))"
+    )
     rate = summary["catch_up_events_per_s"]
     print(f"  catch-up        : {rate:9,.0f} events/s ({catch_up_s:.1f} s, start-up included)")
     print(

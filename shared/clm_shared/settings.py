@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     stage_engine_batch_size: int = Field(
         2000, ge=1, le=10000, description="Touchpoints the stage engine applies in one transaction."
     )
+    stage_engine_workers: int = Field(
+        1, ge=1, le=64, description="Engine processes in one stage-engine service; they share the consumer group."
+    )
     stage_engine_timer_interval_s: float = Field(
         1.0, gt=0, le=3600, description="How often the stage engine looks for due inactivity timers."
     )

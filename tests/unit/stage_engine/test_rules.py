@@ -56,3 +56,24 @@ def test_unreadable_or_broken_files_say_so(tmp_path: Path) -> None:
     broken.write_text("signals: [unclosed")
     with pytest.raises(RulesError, match="not valid YAML"):
         load_rules(broken)
+
+
+def test_the_engine_refuses_to_start_on_a_wrong_rules_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    raw = default_raw()
+    raw["stages"][4]["when"][1]["at_least"] = "lots"
+    bad = tmp_path / "rules.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    done = subprocess.run(
+        [sys.executable, "-m", "stage_engine"],
+        env={"CLM_RULES_FILE": str(bad), "PATH": "/usr/bin:/bin", "CLM_STAGE_ENGINE_PORT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "stages[4] (loyalty).when[1] (lifetime_revenue_500).at_least" in done.stderr
+    assert "Traceback" not in done.stderr
