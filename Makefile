@@ -34,8 +34,8 @@ test: install lint
 	$(BIN)/pytest
 
 bench: install
-	$(BIN)/python bench/ingest/run.py
-	$(BIN)/python bench/stage_engine/run.py
+	$(BIN)/python -m bench.ingest.run
+	$(BIN)/python -m bench.stage_engine.run
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -3,7 +3,7 @@
 Starts its own Kafka and PostgreSQL (free ports, scratch folders) and an ingest process, drives it with
 wrk and hey (separate C and Go processes, so the load generator is not the Python bottleneck), then
 runs Kafka's ProducerPerformance with the same record size. Prints the figures and writes them to
-bench/results/. Run by `make bench`.
+bench/results/. Run by `make bench` (`python -m bench.ingest.run`).
 """
 
 from __future__ import annotations
@@ -11,23 +11,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import httpx
 import orjson
 
+from bench.harness import scratch_infra, wait_ready, write_results
 from clm_cli.infra.kafka import KafkaServer
 from clm_cli.infra.postgres import PostgresServer
-from clm_cli.infra.process import free_port, two_free_ports
+from clm_cli.infra.process import free_port
 from clm_shared.db import create_engine
 from clm_shared.kafka.admin import ensure_topics
 from clm_shared.migrations import apply_migrations
@@ -172,20 +171,10 @@ async def prepare(kafka: KafkaServer, postgres: PostgresServer, topics: Topics) 
 
 
 def main() -> None:
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # refused connects while the broker starts
     ensure_tools()
-    scratch = Path(tempfile.mkdtemp(prefix="clm-bench-ingest-"))
-    scratch.chmod(0o755)
-    kafka = KafkaServer(cache_dir=ROOT / ".cache", data_dir=scratch / "kafka", port=two_free_ports())
-    postgres = PostgresServer(data_dir=scratch / "pg", port=free_port())
-    topics = Topics()
-    kafka.install()
-    kafka.start()
-    postgres.start()
-    ingest = None
-    try:
-        kafka.wait_ready()
-        postgres.ensure_database()
+    with scratch_infra("ingest") as infra:
+        kafka, postgres, scratch = infra.kafka, infra.postgres, infra.scratch
+        topics = Topics()
         key = asyncio.run(prepare(kafka, postgres, topics))
         port = free_port()
         env = {
@@ -202,47 +191,37 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
             stderr=(scratch / "ingest.log").open("wb"),
         )
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        single = orjson.dumps(EVENT)
-        batch = orjson.dumps({"batch": [{**EVENT, "type": "track", "userId": f"user-{i}"} for i in range(100)]})
-        (scratch / "single.json").write_bytes(single)
-        single_lua = lua_script(scratch / "single.lua", single, key)
-        batch_lua = lua_script(scratch / "batch.lua", batch, key)
-        run_wrk(base + "/v1/track", single_lua, 16)  # warm-up: JIT of the broker, connections, caches
-        # The paced latency run comes first, in the steady state after warm-up, before the saturating runs.
-        results = {
-            "single_at_1000_rps": run_hey_at_rate(base + "/v1/track", scratch / "single.json", key, 1000),
-            "single": run_wrk(base + "/v1/track", single_lua, 64),
-            "batch_100": run_wrk(base + "/v1/batch", batch_lua, 16),
-        }
-        results["batch_100"]["events_per_s"] = results["batch_100"]["requests_per_s"] * 100
-        size = record_size()
-        ceiling = broker_ceiling(kafka, topics.touchpoints, size)
-        summary = {
-            "when": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{os.cpu_count()} cores",
-            "ingest_workers": WORKERS,
-            "duration_s": DURATION_S,
-            "record_bytes": size,
-            "broker_ceiling_records_per_s": ceiling,
-            **results,
-        }
-    finally:
-        if ingest:
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_ready(base)
+            single_body = orjson.dumps(EVENT)
+            batch = orjson.dumps({"batch": [{**EVENT, "type": "track", "userId": f"user-{i}"} for i in range(100)]})
+            (scratch / "single.json").write_bytes(single_body)
+            single_lua = lua_script(scratch / "single.lua", single_body, key)
+            batch_lua = lua_script(scratch / "batch.lua", batch, key)
+            run_wrk(base + "/v1/track", single_lua, 16)  # warm-up: JIT of the broker, connections, caches
+            # The paced latency run comes first, in the steady state after warm-up, before the saturating runs.
+            results = {
+                "single_at_1000_rps": run_hey_at_rate(base + "/v1/track", scratch / "single.json", key, 1000),
+                "single": run_wrk(base + "/v1/track", single_lua, 64),
+                "batch_100": run_wrk(base + "/v1/batch", batch_lua, 16),
+            }
+            results["batch_100"]["events_per_s"] = results["batch_100"]["requests_per_s"] * 100
+            size = record_size()
+            ceiling = broker_ceiling(kafka, topics.touchpoints, size)
+        finally:
             ingest.terminate()
             ingest.wait(timeout=30)
-        kafka.stop()
-        postgres.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
-
-    single, batched, paced = summary["single"], summary["batch_100"], summary["single_at_1000_rps"]
+    summary: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} cores",
+        "ingest_workers": WORKERS,
+        "duration_s": DURATION_S,
+        "record_bytes": size,
+        "broker_ceiling_records_per_s": ceiling,
+        **results,
+    }
+    single, batched, paced = results["single"], results["batch_100"], results["single_at_1000_rps"]
     print(f"ingest benchmark ({WORKERS} workers, {DURATION_S}s per run, {size}-byte touchpoints)")
     print(
         f"  (a) single events  : {single['requests_per_s']:9,.0f} events/s   p50 {single['p50_ms']:6.1f} ms"
@@ -257,11 +236,7 @@ def main() -> None:
         f"   p99 {paced['p99_ms']:6.1f} ms"
     )
     print(f"  broker ceiling (ProducerPerformance, acks=all, idempotent): {ceiling:,.0f} records/s")
-    results_dir = ROOT / "bench" / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    out = results_dir / f"ingest-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps(summary, indent=2))
-    print(f"  written to {out.relative_to(ROOT)}")
+    write_results("ingest", summary)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,9 @@ BENCH_RATE (2,000 events/s), BENCH_SECONDS (20).
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,9 +22,8 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from clm_cli.infra.kafka import KafkaServer
-from clm_cli.infra.postgres import PostgresServer
-from clm_cli.infra.process import free_port, two_free_ports
+from bench.harness import scratch_infra, wait_ready, write_results
+from clm_cli.infra.process import free_port
 from clm_shared.categories import categorize
 from clm_shared.cloudevents import decode
 from clm_shared.db import create_engine
@@ -188,34 +183,12 @@ async def make_key(database_url: str) -> str:
         await engine.dispose()
 
 
-def wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not become ready")
-
-
 def main() -> None:
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    scratch = Path(tempfile.mkdtemp(prefix="clm-bench-engine-"))
-    scratch.chmod(0o755)
-    kafka = KafkaServer(cache_dir=ROOT / ".cache", data_dir=scratch / "kafka", port=two_free_ports())
-    postgres = PostgresServer(data_dir=scratch / "pg", port=free_port())
-    topics = Topics()
-    processes: list[subprocess.Popen[bytes]] = []
-    kafka.install()
-    kafka.start()
-    postgres.start()
-    try:
-        kafka.wait_ready()
-        postgres.ensure_database()
+    total = CUSTOMERS * PER_CUSTOMER
+    with scratch_infra("stage-engine") as infra:
+        kafka, postgres = infra.kafka, infra.postgres
+        topics = Topics()
         asyncio.run(ensure_topics(kafka.bootstrap, {name: PARTITIONS for name in topics.all()}))
-        total = CUSTOMERS * PER_CUSTOMER
         print(f"writing {total:,} touchpoints for {CUSTOMERS:,} customers to the topic...", flush=True)
         written_s = asyncio.run(write_backlog(kafka.bootstrap, topics.touchpoints))
         engine_port, ingest_port = free_port(), free_port()
@@ -227,32 +200,33 @@ def main() -> None:
             "CLM_INGEST_PORT": str(ingest_port),
             "CLM_LOG_LEVEL": "WARNING",
             "CLM_KAFKA_PARTITIONS": str(PARTITIONS),
+            "CLM_STAGE_ENGINE_WORKERS": str(WORKERS),
         }
-        log = (scratch / "services.log").open("wb")
-        began = time.monotonic()
-        processes.append(subprocess.Popen([sys.executable, "-m", "stage_engine"], env=env, stdout=log, stderr=log))
-        print("catching up...", flush=True)
-        asyncio.run(wait_applied(postgres.url, total, timeout_s=3600))
-        catch_up_s = time.monotonic() - began
-        processes.append(subprocess.Popen([sys.executable, "-m", "ingest"], env=env, stdout=log, stderr=log))
-        wait_ready(f"http://127.0.0.1:{ingest_port}")
-        key = asyncio.run(make_key(postgres.url))
-        print(f"latency at {RATE:,} events/s for {SECONDS}s...", flush=True)
-        latency = asyncio.run(
-            latency_run(f"http://127.0.0.1:{ingest_port}", key, kafka.bootstrap, topics.stage_changes)
-        )
-    finally:
-        for process in processes:
-            process.terminate()
-            process.wait(timeout=60)
-        kafka.stop()
-        postgres.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
+        log = (infra.scratch / "services.log").open("wb")
+        processes: list[subprocess.Popen[bytes]] = []
+        try:
+            began = time.monotonic()
+            processes.append(subprocess.Popen([sys.executable, "-m", "stage_engine"], env=env, stdout=log, stderr=log))
+            print("catching up...", flush=True)
+            asyncio.run(wait_applied(postgres.url, total, timeout_s=3600))
+            catch_up_s = time.monotonic() - began
+            processes.append(subprocess.Popen([sys.executable, "-m", "ingest"], env=env, stdout=log, stderr=log))
+            wait_ready(f"http://127.0.0.1:{ingest_port}")
+            key = asyncio.run(make_key(postgres.url))
+            print(f"latency at {RATE:,} events/s for {SECONDS}s...", flush=True)
+            latency = asyncio.run(
+                latency_run(f"http://127.0.0.1:{ingest_port}", key, kafka.bootstrap, topics.stage_changes)
+            )
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(timeout=60)
     summary = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "touchpoints": total,
         "customers": CUSTOMERS,
         "partitions": PARTITIONS,
+        "engine_workers": WORKERS,
         "backlog_write_s": written_s,
         "catch_up_s": catch_up_s,
         "catch_up_events_per_s": total / catch_up_s,
@@ -270,11 +244,7 @@ def main() -> None:
         f" max {latency['max_ms']:.1f} ms at {RATE:,} events/s"
         f" ({latency['observed']:,} of {latency['events']:,} observed)"
     )
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    out = results / f"stage-engine-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps(summary, indent=2))
-    print(f"  written to {out.relative_to(ROOT)}")
+    write_results("stage-engine", summary)
 
 
 if __name__ == "__main__":
