@@ -130,16 +130,19 @@ class ConsumerLoop(Generic[T]):
 
     async def _process(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         decoded: list[Consumed[T]] = []
+        dead: list[OutgoingRecord] = []
         for records in batches.values():
             for record in records:
                 try:
                     value = self._deserialize(record.value, topic=record.topic, headers=_headers(record))
                 except DecodeError as exc:
-                    await self._dead_letter(record, f"decode: {exc}", reason="decode")
+                    dead.append(self._dead_letter_record(record, f"decode: {exc}", reason="decode"))
                     continue
                 decoded.append(
                     Consumed(record.topic, record.partition, record.offset, record.key, value, record.timestamp)
                 )
+        # One acknowledged send for the batch's poison records, before its offsets can be committed.
+        await self._publisher.publish_many(dead)
         if decoded:
             raw = {(r.topic, r.partition, r.offset): r for records in batches.values() for r in records}
             await self._handle(decoded, raw)
@@ -176,13 +179,14 @@ class ConsumerLoop(Generic[T]):
                     offset=item.offset,
                     error=repr(exc),
                 )
-                await self._dead_letter(raw[(item.topic, item.partition, item.offset)], f"handler: {exc!r}", "handler")
+                record = raw[(item.topic, item.partition, item.offset)]
+                await self._publisher.publish(self._dead_letter_record(record, f"handler: {exc!r}", "handler"))
 
     def _count(self, items: Sequence[Consumed[T]]) -> None:
         for item in items:
             RECORDS_CONSUMED.labels(self.group_id, item.topic).inc()
 
-    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], error: str, reason: str) -> None:
+    def _dead_letter_record(self, record: ConsumerRecord[bytes, bytes], error: str, reason: str) -> OutgoingRecord:
         log.warning(
             "dead-lettering record",
             group=self.group_id,
@@ -198,10 +202,8 @@ class ConsumerLoop(Generic[T]):
             (SOURCE_PARTITION_HEADER, str(record.partition).encode()),
             (SOURCE_OFFSET_HEADER, str(record.offset).encode()),
         ]
-        await self._publisher.publish(
-            OutgoingRecord(self._dlq_topic, record.value or b"", key=record.key, headers=headers)
-        )
         RECORDS_DEAD_LETTERED.labels(self.group_id, record.topic, reason).inc()
+        return OutgoingRecord(self._dlq_topic, record.value or b"", key=record.key, headers=headers)
 
 
 def _headers(record: ConsumerRecord[bytes, bytes]) -> Headers:
