@@ -203,3 +203,37 @@ async def test_end_offsets_count_every_acknowledged_record(
     sent = [touchpoint(customer=f"c{i}") for i in range(50)]
     await publisher.publish_many([record(tp, topics.touchpoints) for tp in sent])
     assert await topic_size(kafka_bootstrap, topics.touchpoints) == 50
+
+
+async def test_a_transient_failure_is_waited_out_without_dead_lettering_anything(
+    kafka_bootstrap: str, topics: Topics, publisher: Publisher
+) -> None:
+    sent = [touchpoint(customer=f"c{i}") for i in range(5)]
+    await publisher.publish_many([record(tp, topics.touchpoints) for tp in sent])
+    failures = {"left": 8}  # more than `retries`: a short database outage
+    seen: list[Touchpoint] = []
+
+    async def flaky(batch: Sequence[Consumed[Touchpoint]]) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionRefusedError("database restarting")
+        seen.extend(item.value for item in batch)
+
+    loop = ConsumerLoop(
+        bootstrap=kafka_bootstrap,
+        group_id=topics.namespace + "g",
+        topics=[topics.touchpoints],
+        deserializer=JsonDeserializer(Touchpoint),
+        handler=flaky,
+        publisher=publisher,
+        dlq_topic=topics.touchpoints_dlq,
+        client_id="test",
+        retries=1,
+        retry_backoff_s=0.01,
+    )
+    task = asyncio.create_task(loop.run())
+    await wait_for(lambda: len(seen) >= 5, what="the records after the outage")
+    loop.stop()
+    await task
+    assert sorted(t.message_id for t in seen) == sorted(t.message_id for t in sent)
+    assert await topic_size(kafka_bootstrap, topics.touchpoints_dlq) == 0

@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import asyncpg
+import sqlalchemy.exc
 import structlog
 from prometheus_client import Counter, Histogram
 from sqlalchemy import delete, select, text
@@ -37,6 +39,32 @@ RELAYED = Counter("clm_stage_engine_relayed_total", "Lifecycle events published 
 CONTENT_TYPE = ("content-type", b"application/cloudevents+json")
 # One relay at a time keeps each customer's events in sequence order on the topic.
 RELAY_LOCK = 0x636C6D72656C6179
+
+
+_TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+)
+
+
+def is_transient(exc: Exception) -> bool:
+    """Failures of the database, not of the records: retry them, never dead-letter their batch."""
+    if isinstance(exc, asyncpg.exceptions.UniqueViolationError):
+        # Another engine recorded the same message meanwhile (rebalance): the retry skips it.
+        return bool(exc.constraint_name == "processed_messages_pkey")
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, _TRANSIENT)
 
 
 @dataclass

@@ -50,7 +50,9 @@ BatchHandler = Callable[[Sequence[Consumed[T]]], Awaitable[None]]
 class ConsumerLoop(Generic[T]):
     """Runs until ``stop()``; offsets are committed only after the handler returned for the batch.
 
-    A handler failure is retried ``retries`` times; then the batch is handled one record at a time
+    A transient failure (``transient(exc)`` is true: the database or broker is away) is retried with
+    backoff for as long as it lasts, and nothing is committed or dead-lettered meanwhile. Any other
+    handler failure is retried ``retries`` times; then the batch is handled one record at a time
     and each record that still fails is dead-lettered, so one bad record never stalls a partition.
     """
 
@@ -69,6 +71,7 @@ class ConsumerLoop(Generic[T]):
         poll_timeout_ms: int = 200,
         retries: int = 3,
         retry_backoff_s: float = 0.2,
+        transient: Callable[[Exception], bool] = lambda exc: isinstance(exc, OSError | TimeoutError),
     ) -> None:
         self._bootstrap = bootstrap
         self.group_id = group_id
@@ -82,6 +85,7 @@ class ConsumerLoop(Generic[T]):
         self._poll_timeout_ms = poll_timeout_ms
         self._retries = retries
         self._retry_backoff_s = retry_backoff_s
+        self._transient = transient
         self._stopping = asyncio.Event()
         self.assigned = asyncio.Event()
 
@@ -150,27 +154,41 @@ class ConsumerLoop(Generic[T]):
     async def _handle(
         self, decoded: list[Consumed[T]], raw: dict[tuple[str, int, int], ConsumerRecord[bytes, bytes]]
     ) -> None:
-        for attempt in range(self._retries + 1):
+        attempt = 0
+        outage = 0
+        while attempt <= self._retries:
             try:
                 await self._handler(decoded)
                 self._count(decoded)
                 return
             except Exception as exc:
+                transient = self._transient(exc)
                 log.warning(
                     "batch handler failed",
                     group=self.group_id,
                     attempt=attempt + 1,
+                    transient=transient,
                     records=len(decoded),
                     error=repr(exc),
                 )
-                if attempt < self._retries:
-                    await asyncio.sleep(self._retry_backoff_s * (2**attempt))
+                if transient:
+                    # Not the records' fault: wait it out, however long, and lose nothing.
+                    outage += 1
+                    await asyncio.sleep(min(self._retry_backoff_s * (2 ** min(outage, 6)), 10.0))
+                    if self._stopping.is_set():
+                        raise
+                    continue
+                attempt += 1
+                if attempt <= self._retries:
+                    await asyncio.sleep(self._retry_backoff_s * (2 ** (attempt - 1)))
         # The batch keeps failing: find the records that do, one by one.
         for item in decoded:
             try:
                 await self._handler([item])
                 self._count([item])
             except Exception as exc:
+                if self._transient(exc):
+                    raise  # an outage began meanwhile: nothing is committed, the batch comes again
                 log.error(
                     "record handler failed; dead-lettering",
                     group=self.group_id,
