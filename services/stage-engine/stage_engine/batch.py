@@ -42,6 +42,7 @@ class BatchState:
     identities: dict[str, str]
     processed: set[str]
     removed: set[str] = field(default_factory=set)
+    merged_into: dict[str, str] = field(default_factory=dict)
     new_identities: dict[str, str] = field(default_factory=dict)
     new_processed: list[str] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
@@ -75,7 +76,10 @@ def apply_batch(touchpoints: Sequence[Touchpoint], state: BatchState, rules: Rul
         merge_from = _merge_source(tp)
         if merge_from is not None:
             source_id = _resolve(state, merge_from)
-            if source_id != customer_id:
+            # identify merges only a profile that is still anonymous; an anonymous id already tied
+            # to another known customer (a shared device) just moves to this one. alias merges as told.
+            mergeable = tp.type == "alias" or source_id == merge_from
+            if source_id != customer_id and mergeable:
                 _merge(state, into=customer_id, source_id=source_id, tp=tp, rules=rules)
             _link(state, merge_from, customer_id)
         customer = state.customers.get(customer_id) or new_customer(customer_id, tp.message_id)
@@ -120,6 +124,12 @@ def _merge(state: BatchState, *, into: str, source_id: str, tp: Touchpoint, rule
     del state.customers[source_id]
     state.removed.add(source_id)
     state.touched.discard(source_id)
+    # Identities not loaded in this batch may still point at the removed profile: the store
+    # re-points every one of them (``merged_into``), here and in chains of merges.
+    for removed, target in list(state.merged_into.items()):
+        if target == source_id:
+            state.merged_into[removed] = into
+    state.merged_into[source_id] = into
     for alias, canonical in list(state.identities.items()):
         if canonical == source_id:
             _link(state, alias, into)

@@ -166,12 +166,15 @@ def merge(known: CustomerState, anonymous: CustomerState, rules: Rules, *, messa
             outcome.changes.append(HealthMove(merged.health, anonymous.health, "merged", message_id, at))
             merged.health = anonymous.health
         merged.orders_since_reactivation = anonymous.orders_since_reactivation
+    # One stage change at most: to the higher of the two stages, and on as far as the rules allow.
+    start = merged.stage
     if _rank(anonymous.stage) > _rank(merged.stage):
-        assert anonymous.stage is not None
-        skipped = _between(merged.stage, anonymous.stage)
-        outcome.changes.append(StageMove(merged.stage, anonymous.stage, skipped, "merged", message_id, at))
         merged.stage = anonymous.stage
-    _climb(merged, rules, outcome, message_id, at)
+    climbed = Outcome(merged)
+    _climb(merged, rules, climbed, message_id, at)
+    if merged.stage is not None and merged.stage != start:
+        rule = climbed.changes[-1].rule if climbed.changes else "merged"
+        outcome.changes.append(StageMove(start, merged.stage, _between(start, merged.stage), rule, message_id, at))
     _prune(merged, rules)
     return outcome
 
@@ -281,7 +284,8 @@ def _health_on_event(state: CustomerState, tp: Touchpoint, matched: list[str], r
     health = rules.health
     is_order = health.order in matched
     if any(name in health.churn_now for name in matched):
-        if state.health is not Health.CHURNED:
+        newer = state.last_activity_at is None or tp.timestamp > state.last_activity_at
+        if state.health is not Health.CHURNED and newer:
             _move_health(state, Health.CHURNED, "churn_event", tp.message_id, tp.timestamp, outcome)
         return
     is_activity = any(name in health.activity for name in matched)

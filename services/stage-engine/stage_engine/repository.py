@@ -110,6 +110,16 @@ async def save_batch(db: Db, state: BatchState, rules: Rules, topic: str) -> Non
         removed = list(state.removed)
         await db.execute("DELETE FROM customers WHERE customer_id = ANY($1::text[])", removed)
         await db.execute("DELETE FROM timers WHERE customer_id = ANY($1::text[])", removed)
+    if state.merged_into:
+        await db.execute(
+            """
+            UPDATE identities SET customer_id = m.target
+            FROM unnest($1::text[], $2::text[]) AS m(removed, target)
+            WHERE identities.customer_id = m.removed
+            """,
+            list(state.merged_into),
+            list(state.merged_into.values()),
+        )
     if state.new_identities:
         await db.execute(
             """

@@ -165,3 +165,33 @@ async def test_identify_with_both_ids_merges_profiles_and_publishes_the_merge(
     assert "clm.customer.merged" in types
     merge = next(decode(r.value) for r in records if decode(r.value).type == "clm.customer.merged")
     assert (merge.subject, merge.data["merged_id"]) == ("u9", "anon-9")
+
+
+async def test_after_a_chain_of_merges_an_old_anonymous_id_lands_on_the_final_customer(
+    settings: Settings, topics: Topics
+) -> None:
+    day = timedelta(days=1)
+    first = [
+        touchpoint("Product Viewed", customer="anon-c", at=T0),
+        touchpoint(None, customer="u-c1", call_type="identify", anonymous_id="anon-c", at=T0 + day),
+    ]
+    later = [
+        touchpoint(None, customer="u-c2", call_type="alias", previous_id="u-c1", at=T0 + 2 * day),
+    ]
+    last = [touchpoint("Order Completed", customer="anon-c", at=T0 + 3 * day, revenue=10)]
+    async with running_engine(settings, FakeClock(T0)) as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+            for step, events in enumerate((first, later, last), start=1):
+                await publish(settings, topics, events)
+                expected = sum(len(group) for group in (first, later, last)[:step])
+
+                async def applied(n: int = expected) -> bool:
+                    return await processed_count(settings) == n
+
+                await wait_for(applied, what=f"step {step}")
+            customer = (await client.get("/v1/customers/anon-c")).json()
+    assert customer["customer_id"] == "u-c2"
+    assert customer["stage"] == "conversion"
+    assert sorted(customer["known_ids"]) == ["anon-c", "u-c1", "u-c2"]
+    assert set((await snapshot(settings))["customers"]) == {"u-c2"}

@@ -295,3 +295,30 @@ def test_sequences_and_event_ids_are_per_customer_and_deterministic() -> None:
     first, second = a.process(events), b.process(events)
     assert [x.sequence for x in first] == [1, 2]
     assert [x.event_id for x in first] == [x.event_id for x in second]
+
+
+def test_identify_does_not_merge_two_known_customers_sharing_a_device() -> None:
+    e = engine()
+    e.process([touchpoint(None, customer="u-1", call_type="identify", anonymous_id="anon-d")])
+    send(e, "Order Completed", 1, customer="u-1", revenue=10)
+    e.process([touchpoint(None, customer="u-2", call_type="identify", anonymous_id="anon-d", at=T0 + 2 * DAY)])
+    assert "u-1" in e.customers  # u-1 keeps its profile
+    assert e.customers["u-1"].stage is Stage.CONVERSION
+    assert e.identities["anon-d"] == "u-2"  # the device now belongs to u-2
+
+
+def test_a_merge_is_one_stage_change_even_when_the_rules_climb_further() -> None:
+    e = engine()
+    for day in (0, 1):
+        send(e, "Order Completed", day, customer="anon-m", revenue=10)  # anon-m: retention
+    send(e, "NPS Survey Answered", 2, customer="u-m", score=10)  # u-m: discovery, a promoter
+    emitted = e.process([touchpoint(None, customer="u-m", call_type="alias", previous_id="anon-m", at=T0 + 3 * DAY)])
+    stage_moves = [x.change for x in emitted if isinstance(x.change, StageMove)]
+    assert [(m.from_stage, m.to_stage) for m in stage_moves] == [(Stage.DISCOVERY, Stage.ADVOCACY)]
+
+
+def test_a_late_cancellation_does_not_churn() -> None:
+    e = converted()
+    send(e, "Order Completed", 200, revenue=10)
+    send(e, "Subscription Cancelled", 100)  # older than the latest order
+    assert health(e) is not Health.CHURNED
