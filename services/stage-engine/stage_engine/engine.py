@@ -22,7 +22,6 @@ from stage_engine.repository import (
     claim_due_timers,
     load_batch,
     load_customers,
-    lock_customers,
     save_batch,
     transaction,
 )
@@ -95,7 +94,6 @@ class StageEngine:
             due = await claim_due_timers(db, now, self.timer_batch)
             if not due:
                 return 0
-            await lock_customers(db, due)
             state = BatchState(await load_customers(db, due), {}, set())
             apply_clock(due, now, state, self.rules)
             await save_batch(db, state, self.rules, self.stage_changes_topic)

@@ -170,8 +170,20 @@ async def save_timers(db: Db, touched: Sequence[CustomerState], rules: Rules) ->
 
 
 async def claim_due_timers(db: Db, now: datetime, limit: int) -> list[str]:
-    """Due timers, claimed so that two engines never fire one twice."""
+    """Due timers whose customers are free, locked so that two engines never fire one twice.
+
+    The timer rows are claimed first and the customers' advisory locks only tried, never waited
+    for: a batch holds a customer's lock while it writes that customer's timer row, and waiting
+    here would deadlock with it. A customer busy now is picked up on the next round.
+    """
     rows = await db.fetch(
-        "SELECT customer_id FROM timers WHERE due_at <= $1 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit
+        """
+        WITH due AS (
+            SELECT customer_id FROM timers WHERE due_at <= $1 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED
+        )
+        SELECT customer_id FROM due WHERE pg_try_advisory_xact_lock(hashtextextended(customer_id, 0))
+        """,
+        now,
+        limit,
     )
     return [row[0] for row in rows]
