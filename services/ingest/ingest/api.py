@@ -21,7 +21,16 @@ from clm_shared.schemas.segment import CALL_MODELS, BatchCall
 from ingest.auth import WriteKeys, key_from_basic_auth
 from ingest.normalize import MessageIds, to_touchpoint
 from ingest.publishing import TouchpointPublisher
-from ingest.requests import ENDPOINTS, FieldError, Rejected, decode_body, parse_request
+from ingest.requests import (
+    ENDPOINTS,
+    MAX_REQUEST_BYTES,
+    FieldError,
+    Rejected,
+    body_write_key,
+    decode_body,
+    load_json,
+    validate_payload,
+)
 from ingest.telemetry import EVENTS_ACCEPTED, EVENTS_REJECTED, PUBLISH_SECONDS, REQUEST_SECONDS
 
 log = structlog.get_logger(__name__)
@@ -90,16 +99,30 @@ async def ingest(request: Request, endpoint: str) -> Response:
 
 async def _accept(request: Request, endpoint: str, runtime: IngestRuntime) -> int:
     """Check, validate, normalize and publish a request; returns how many events Kafka acknowledged."""
-    header_key = key_from_basic_auth(request.headers.get("authorization"))
-    if header_key is not None and await runtime.keys.name_of(header_key) is None:
-        raise Rejected(401, "unknown or revoked write key")
-    body = decode_body(await request.body(), request.headers.get("content-encoding"))
-    parsed = parse_request(body, endpoint)
-    key = header_key or parsed.write_key
-    source = await runtime.keys.name_of(key) if key else None
-    if source is None:
-        message = "unknown or revoked write key" if key else "a write key is needed (HTTP Basic user name)"
-        raise Rejected(401, message, events=len(parsed.calls))
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+        raise Rejected(413, f"request body is over {MAX_REQUEST_BYTES // 1024} KB")  # before reading it
+    key = key_from_basic_auth(request.headers.get("authorization"))
+    if key is not None:
+        source = await runtime.keys.name_of(key)
+        if source is None:
+            raise Rejected(401, "unknown or revoked write key")
+        payload = load_json(decode_body(await request.body(), request.headers.get("content-encoding")))
+    else:
+        # No header: the key can only be in the body, and nothing is validated before it is checked.
+        try:
+            payload = load_json(decode_body(await request.body(), request.headers.get("content-encoding")))
+        except Rejected as refusal:
+            if refusal.status == 413:
+                raise
+            raise Rejected(401, "a write key is needed (HTTP Basic user name)") from None
+        key = body_write_key(payload)
+        source = await runtime.keys.name_of(key) if key else None
+        if source is None:
+            raise Rejected(
+                401, "unknown or revoked write key" if key else "a write key is needed (HTTP Basic user name)"
+            )
+    parsed = validate_payload(payload, endpoint)
     received_at = runtime.clock()
     touchpoints = []
     message_ids = MessageIds(sum(1 for call in parsed.calls if not call.message_id))

@@ -79,10 +79,22 @@ def decode_body(raw: bytes, content_encoding: str | None) -> bytes:
 
 def parse_request(body: bytes, endpoint: str) -> ParsedRequest:
     """Validate a whole request: one bad event rejects it with every error found."""
+    return validate_payload(load_json(body), endpoint)
+
+
+def load_json(body: bytes) -> Any:
     try:
-        payload = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Rejected(400, f"body is not JSON: {exc}") from exc
+
+
+def body_write_key(payload: Any) -> str | None:
+    """The ``writeKey`` field Segment's HTTP API allows in place of the Basic header."""
+    return _write_key(payload) if isinstance(payload, dict) else None
+
+
+def validate_payload(payload: Any, endpoint: str) -> ParsedRequest:
     if not isinstance(payload, dict):
         raise Rejected(422, "body must be a JSON object", [FieldError(0, "(body)", "expected an object")])
     if endpoint == "batch":

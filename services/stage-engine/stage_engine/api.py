@@ -138,10 +138,13 @@ async def erase_customer(customer_id: str, request: Request, engine: Engine) -> 
         await db.execute(
             "INSERT INTO erased_counts (stage, health, customers) VALUES ($1, $2, 1)"
             " ON CONFLICT (stage, health) DO UPDATE SET customers = erased_counts.customers + 1",
-            str(state.stage),
-            str(state.health),
+            state.stage.value if state.stage else "none",
+            state.health.value,
         )
-        for table in ("customers", "history", "identities", "timers"):
+        aliases = [r[0] for r in await db.fetch("SELECT alias_id FROM identities WHERE customer_id = $1", canonical)]
+        # The merged profiles' history is this customer's too.
+        await db.execute("DELETE FROM history WHERE customer_id = ANY($1::text[])", [canonical, *aliases])
+        for table in ("customers", "identities", "timers"):
             await db.execute(f"DELETE FROM {table} WHERE customer_id = $1", canonical)
         now = datetime.now(UTC)
         sequence = state.sequence + 1

@@ -213,3 +213,10 @@ async def test_broker_down_gives_503_quickly_and_the_same_request_succeeds_once_
     finally:
         broker.stop()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def test_without_a_key_nothing_is_validated_before_the_401(ingest: Ingest) -> None:
+    for body in (b"{not json", orjson.dumps({"event": "No Ids"}), orjson.dumps({"batch": "nope"})):
+        assert (await ingest.post("track", body, auth=None)).status_code == 401
+    invalid_with_body_key = {"writeKey": ingest.key, "event": "No Ids"}
+    assert (await ingest.post("track", invalid_with_body_key, auth=None)).status_code == 422
