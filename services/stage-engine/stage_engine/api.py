@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clm_shared.cloudevents import encode
 from clm_shared.schemas.lifecycle import CustomerErased, EventType, Health, Stage
 from stage_engine.batch import event_id
+from stage_engine.erasure import erased_id_hash
 from stage_engine.events import SERVICE
 from stage_engine.repository import HISTORY_COLUMNS, load_customers, lock_customers, resolve, transaction
 from stage_engine.tables import customers
@@ -147,6 +148,12 @@ async def erase_customer(customer_id: str, request: Request, engine: Engine) -> 
         for table in ("customers", "identities", "timers"):
             await db.execute(f"DELETE FROM {table} WHERE customer_id = $1", canonical)
         now = datetime.now(UTC)
+        await db.execute(
+            "INSERT INTO erased_ids (id_hash, erased_at) SELECT h, $2 FROM unnest($1::text[]) AS h"
+            " ON CONFLICT (id_hash) DO UPDATE SET erased_at = excluded.erased_at",
+            [erased_id_hash(i) for i in (canonical, *aliases)],
+            now,
+        )
         sequence = state.sequence + 1
         message = encode(
             event_id=event_id(canonical, sequence, state.origin),

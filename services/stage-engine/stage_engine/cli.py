@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from clm_shared.settings import load_settings_or_exit
 from stage_engine.app import system_clock
-from stage_engine.rebuild import rebuild
+from stage_engine.rebuild import RebuildRefused, rebuild
 from stage_engine.rules import RulesError
 
 stage_engine_app = typer.Typer(help="The stage engine.", no_args_is_help=True)
@@ -39,10 +39,11 @@ def rebuild_command() -> None:
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
                 )
             )
-        except RulesError as exc:
+        except (RulesError, RebuildRefused) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from None
     console.print(
         f"rebuilt {report.customers} customers and {report.changes} lifecycle events "
-        f"from {report.touchpoints} touchpoints ({report.undecodable} undecodable, skipped)"
+        f"from {report.touchpoints} touchpoints ({report.undecodable} undecodable and"
+        f" {report.erased_skipped} of erased customers skipped)"
     )

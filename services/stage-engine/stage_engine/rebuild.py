@@ -1,15 +1,19 @@
 """Rebuild all engine state from the touchpoints topic into empty tables.
 
-Run it while the stage engine is stopped. Every lifecycle event it recomputes has the id it had
-when first published (ids follow from customer and sequence), so nothing is published again: the
-outbox is emptied at the end. The consumer group's offsets are then set to where the rebuild
-stopped, so the engine resumes from there.
+Run it while the stage engine is stopped, with its outbox drained (it refuses otherwise, since
+unpublished changes would be lost). It replays each partition up to the consumer group's committed
+offset, that is exactly what the engine had applied; the engine applies the rest when it starts.
+The lifecycle events the replay recomputes have the ids they had when first published, so they are
+not published again. Inactivity timers due at the end fire afterwards and stay in the outbox: the
+engine publishes them on start (the ones it had published already come again with the same ids).
+Customers erased through the API stay erased: their touchpoints from before the erasure are skipped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
@@ -25,6 +29,7 @@ from clm_shared.settings import Settings
 from clm_shared.topics import Topics
 from stage_engine.app import GROUP_ID, MIGRATIONS
 from stage_engine.engine import Clock, StageEngine
+from stage_engine.erasure import erased_id_hash
 from stage_engine.rules import load_rules
 
 ENGINE_TABLES = ("customers", "identities", "processed_messages", "history", "timers", "outbox")
@@ -35,6 +40,7 @@ Progress = Callable[[int, int], None]
 class RebuildReport:
     touchpoints: int
     undecodable: int
+    erased_skipped: int
     customers: int
     changes: int
 
@@ -57,10 +63,17 @@ async def rebuild(settings: Settings, *, clock: Clock, progress: Progress = lamb
         topics.stage_changes,
         clock,
     )
-    undecodable = seen = 0
+    undecodable = seen = skipped = 0
     try:
         await apply_migrations(db, script_location=MIGRATIONS, schema=schema)
         async with db.begin() as conn:
+            pending = await conn.scalar(text("SELECT count(*) FROM outbox"))
+            if pending:
+                raise RebuildRefused(
+                    f"the outbox holds {pending} unpublished lifecycle events: start the stage engine until"
+                    " it has published them, stop it, then rebuild"
+                )
+            erased = {row[0]: row[1] for row in await conn.execute(text("SELECT id_hash, erased_at FROM erased_ids"))}
             await conn.execute(text(f"TRUNCATE {', '.join(ENGINE_TABLES)} RESTART IDENTITY"))
         await consumer.start()
         partitions = [
@@ -70,7 +83,8 @@ async def rebuild(settings: Settings, *, clock: Clock, progress: Progress = lamb
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         starts = await consumer.beginning_offsets(partitions)
-        ends = await consumer.end_offsets(partitions)
+        # Exactly what the engine had applied: its committed offsets (nothing for a partition it never committed).
+        ends = {tp: max(starts[tp], (await consumer.committed(tp)) or 0) for tp in partitions}
         total = sum(ends[tp] - starts[tp] for tp in partitions)
         remaining = {tp for tp in partitions if ends[tp] > starts[tp]}
         while remaining:
@@ -86,6 +100,9 @@ async def rebuild(settings: Settings, *, clock: Clock, progress: Progress = lamb
                     except DecodeError:
                         undecodable += 1  # the live engine dead-lettered it already
                         continue
+                    if was_erased(value, erased):
+                        skipped += 1
+                        continue
                     batch.append(
                         Consumed(record.topic, record.partition, record.offset, record.key, value, record.timestamp)
                     )
@@ -94,14 +111,27 @@ async def rebuild(settings: Settings, *, clock: Clock, progress: Progress = lamb
             if batch:
                 await engine.handle(batch)
             progress(seen, total)
+        async with db.begin() as conn:
+            await conn.execute(text("TRUNCATE outbox"))  # published when they were first computed
         while await engine.fire_timers():
             pass
         async with db.begin() as conn:
             changes = await conn.scalar(text("SELECT count(*) FROM history"))
             customers = await conn.scalar(text("SELECT count(*) FROM customers"))
-            await conn.execute(text("TRUNCATE outbox"))
-        await consumer.commit({tp: ends[tp] for tp in partitions})
     finally:
         await consumer.stop()
         await db.dispose()
-    return RebuildReport(seen, undecodable, int(customers or 0), int(changes or 0))
+    return RebuildReport(seen, undecodable, skipped, int(customers or 0), int(changes or 0))
+
+
+class RebuildRefused(RuntimeError):
+    pass
+
+
+def was_erased(tp: Touchpoint, erased: dict[str, datetime]) -> bool:
+    """A touchpoint of a customer erased after it was received."""
+    for any_id in (tp.user_id, tp.anonymous_id, tp.previous_id, tp.customer_key):
+        erased_at = erased.get(erased_id_hash(any_id)) if any_id else None
+        if erased_at is not None and tp.received_at <= erased_at:
+            return True
+    return False

@@ -88,3 +88,10 @@ erased_counts = Table(
     Column("health", String(20), primary_key=True),
     Column("customers", Integer, nullable=False),
 )
+
+erased_ids = Table(
+    "erased_ids",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("erased_at", DateTime(timezone=True), nullable=False),
+)
