@@ -10,11 +10,10 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_shared.cloudevents import encode
-from clm_shared.schemas.lifecycle import CustomerErased, EventType, Health, Stage
-from stage_engine.batch import event_id
+from clm_shared.schemas.lifecycle import Health, Stage
+from stage_engine.batch import Emitted, Erased, event_id
 from stage_engine.erasure import erased_id_hash
-from stage_engine.events import SERVICE
+from stage_engine.events import to_record
 from stage_engine.repository import HISTORY_COLUMNS, load_customers, lock_customers, resolve, transaction
 from stage_engine.tables import customers
 
@@ -155,17 +154,8 @@ async def erase_customer(customer_id: str, request: Request, engine: Engine) -> 
             now,
         )
         sequence = state.sequence + 1
-        message = encode(
-            event_id=event_id(canonical, sequence, state.origin),
-            event_type=EventType.CUSTOMER_ERASED,
-            service=SERVICE,
-            customer_id=canonical,
-            sequence=sequence,
-            time=now,
-            data=CustomerErased(customer_id=canonical, erased_at=now),
-        )
-        await db.execute(
-            "INSERT INTO outbox (topic, key, value) VALUES ($1, $2, $3)", topic, canonical.encode(), message.value
-        )
+        erased = Emitted(canonical, sequence, event_id(canonical, sequence, state.origin), Erased(now))
+        record = to_record(erased, topic)
+        await db.execute("INSERT INTO outbox (topic, key, value) VALUES ($1, $2, $3)", topic, record.key, record.value)
     request.app.state.engine.outbox_ready.set()
     return Response(status_code=204)

@@ -27,13 +27,19 @@ class Merged:
 
 
 @dataclass(frozen=True)
+class Erased:
+    event_time: datetime
+    message_id: None = None
+
+
+@dataclass(frozen=True)
 class Emitted:
     """A change ready for the outbox: its id and sequence follow from the customer's history alone."""
 
     customer_id: str
     sequence: int
     event_id: str
-    change: Change | Merged
+    change: Change | Merged | Erased
 
 
 @dataclass

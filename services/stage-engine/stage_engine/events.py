@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from clm_shared.cloudevents import encode
 from clm_shared.kafka.producer import OutgoingRecord
-from clm_shared.schemas.lifecycle import CustomerMerged, EventType, HealthChanged, StageChanged
+from clm_shared.schemas.lifecycle import CustomerErased, CustomerMerged, EventType, HealthChanged, StageChanged
 from stage_engine.batch import Emitted, Merged
 from stage_engine.lifecycle import HealthMove, StageMove
 
@@ -39,7 +39,7 @@ def to_record(item: Emitted, topic: str) -> OutgoingRecord:
             message_id=change.message_id,
             event_time=change.event_time,
         )
-    else:
+    elif isinstance(change, Merged):
         kind, time = EventType.CUSTOMER_MERGED, change.event_time
         data = CustomerMerged(
             customer_id=item.customer_id,
@@ -47,6 +47,9 @@ def to_record(item: Emitted, topic: str) -> OutgoingRecord:
             message_id=change.message_id,
             event_time=change.event_time,
         )
+    else:
+        kind, time = EventType.CUSTOMER_ERASED, change.event_time
+        data = CustomerErased(customer_id=item.customer_id, erased_at=change.event_time)
     message = encode(
         event_id=item.event_id,
         event_type=kind,
