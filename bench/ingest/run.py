@@ -17,10 +17,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 
 from bench.harness import scratch_infra, wait_ready, write_results
@@ -81,6 +83,27 @@ def lua_script(path: Path, body: bytes, key: str) -> Path:
 
 def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def first_publish(base: str, key: str, body: bytes, timeout_s: float = 120) -> None:
+    """Wait until one event is accepted: a new broker creates its transaction-state topic on the
+    first idempotent producer, which can outlast ingest's publish timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answer = httpx.post(base + "/v1/track", content=body, auth=(key, ""), timeout=30)
+        if answer.status_code == 200:
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"ingest accepted no event within {timeout_s:.0f}s")
+
+
+def median_run(run: Callable[[], dict[str, float]], times: int = 3) -> dict[str, float]:
+    """The median of a few runs, with their range: batch throughput here swings by 2x between runs."""
+    results = sorted((run() for _ in range(times)), key=lambda r: r["requests_per_s"])
+    middle = dict(results[len(results) // 2])
+    middle["min_requests_per_s"] = results[0]["requests_per_s"]
+    middle["max_requests_per_s"] = results[-1]["requests_per_s"]
+    return middle
 
 
 def run_wrk(url: str, script: Path, connections: int) -> dict[str, float]:
@@ -199,12 +222,13 @@ def main() -> None:
             (scratch / "single.json").write_bytes(single_body)
             single_lua = lua_script(scratch / "single.lua", single_body, key)
             batch_lua = lua_script(scratch / "batch.lua", batch, key)
+            first_publish(base, key, single_body)
             run_wrk(base + "/v1/track", single_lua, 16)  # warm-up: JIT of the broker, connections, caches
             # The paced latency run comes first, in the steady state after warm-up, before the saturating runs.
             results = {
                 "single_at_1000_rps": run_hey_at_rate(base + "/v1/track", scratch / "single.json", key, 1000),
                 "single": run_wrk(base + "/v1/track", single_lua, 64),
-                "batch_100": run_wrk(base + "/v1/batch", batch_lua, 16),
+                "batch_100": median_run(lambda: run_wrk(base + "/v1/batch", batch_lua, 16)),
             }
             results["batch_100"]["events_per_s"] = results["batch_100"]["requests_per_s"] * 100
             size = record_size()
@@ -229,7 +253,8 @@ def main() -> None:
     )
     print(
         f"  (b) 100-event batch: {batched['events_per_s']:9,.0f} events/s   p50 {batched['p50_ms']:6.1f} ms"
-        f"   p99 {batched['p99_ms']:6.1f} ms   ({batched['events_per_s'] / ceiling:.1%} of broker ceiling)"
+        f"   p99 {batched['p99_ms']:6.1f} ms   ({batched['events_per_s'] / ceiling:.1%} of broker ceiling;"
+        f" median of 3, range {batched['min_requests_per_s'] * 100:,.0f}-{batched['max_requests_per_s'] * 100:,.0f})"
     )
     print(
         f"  (c) 1,000 req/s     : {paced['requests_per_s']:9,.0f} req/s      p50 {paced['p50_ms']:6.1f} ms"
