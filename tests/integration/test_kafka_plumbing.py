@@ -15,6 +15,7 @@ from clm_shared.kafka.consumer import (
     ERROR_HEADER,
     SOURCE_OFFSET_HEADER,
     SOURCE_TOPIC_HEADER,
+    BatchHandler,
     Consumed,
     ConsumerLoop,
 )
@@ -70,7 +71,7 @@ class Collector:
 
 
 def make_loop(
-    bootstrap: str, topics: Topics, publisher: Publisher, handler: Collector, group: str
+    bootstrap: str, topics: Topics, publisher: Publisher, handler: BatchHandler[Touchpoint], group: str
 ) -> ConsumerLoop[Touchpoint]:
     return ConsumerLoop(
         bootstrap=bootstrap,
@@ -219,18 +220,7 @@ async def test_a_transient_failure_is_waited_out_without_dead_lettering_anything
             raise ConnectionRefusedError("database restarting")
         seen.extend(item.value for item in batch)
 
-    loop = ConsumerLoop(
-        bootstrap=kafka_bootstrap,
-        group_id=topics.namespace + "g",
-        topics=[topics.touchpoints],
-        deserializer=JsonDeserializer(Touchpoint),
-        handler=flaky,
-        publisher=publisher,
-        dlq_topic=topics.touchpoints_dlq,
-        client_id="test",
-        retries=1,
-        retry_backoff_s=0.01,
-    )
+    loop = make_loop(kafka_bootstrap, topics, publisher, flaky, group=topics.namespace + "g")
     task = asyncio.create_task(loop.run())
     await wait_for(lambda: len(seen) >= 5, what="the records after the outage")
     loop.stop()
