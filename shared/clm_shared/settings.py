@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     stage_engine_workers: int = Field(
         1, ge=1, le=64, description="Engine processes in one stage-engine service; they share the consumer group."
     )
+    stage_engine_dedup_days: float = Field(
+        30, gt=0, le=3650, description="How long the stage engine remembers a messageId to drop duplicates."
+    )
     stage_engine_timer_interval_s: float = Field(
         1.0, gt=0, le=3600, description="How often the stage engine looks for due inactivity timers."
     )

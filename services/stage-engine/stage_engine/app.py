@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -37,7 +37,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
     tasks: list[asyncio.Task[None]] = []
 
     async def on_start(ctx: ServiceContext) -> None:
-        engine = StageEngine(ctx.engine, rules, publisher, ctx.topics.stage_changes, clock)
+        engine = StageEngine(
+            ctx.engine,
+            rules,
+            publisher,
+            ctx.topics.stage_changes,
+            clock,
+            dedup_window=timedelta(days=settings.stage_engine_dedup_days),
+        )
         loop = ConsumerLoop(
             bootstrap=settings.kafka_bootstrap,
             group_id=settings.topic_namespace + GROUP_ID,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 import sqlalchemy.exc
@@ -75,6 +75,7 @@ class StageEngine:
     clock: Clock
     relay_batch: int = 500
     timer_batch: int = 500
+    dedup_window: timedelta = timedelta(days=30)
     outbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, batch: Sequence[Consumed[Touchpoint]]) -> None:
@@ -134,9 +135,23 @@ class StageEngine:
             self.outbox_ready.clear()
             await _wait_any(stop, self.outbox_ready, idle_s)
 
+    async def forget_old_messages(self) -> int:
+        """Trim the dedup table to its window (in small steps, so it never holds locks for long)."""
+        async with transaction(self.engine) as db:
+            status = await db.execute(
+                "DELETE FROM processed_messages WHERE message_id IN (SELECT message_id FROM processed_messages"
+                " WHERE processed_at < $1 LIMIT 10000)",
+                self.clock() - self.dedup_window,
+            )
+        return int(status.split()[-1])
+
     async def run_timers(self, stop: asyncio.Event, interval_s: float) -> None:
+        rounds = 0
         while not stop.is_set():
+            rounds += 1
             try:
+                if rounds % 600 == 1:  # about every ten minutes at the default interval
+                    await self.forget_old_messages()
                 fired = await self.fire_timers()
             except Exception as exc:
                 log.warning("timer scheduler failed; retrying", error=repr(exc))

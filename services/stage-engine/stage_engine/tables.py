@@ -44,6 +44,7 @@ processed_messages = Table(
     "processed_messages",
     metadata,
     Column("message_id", Text, primary_key=True),
+    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now(), index=True),
 )
 
 # Stage, health and merge history: one row per published lifecycle event.

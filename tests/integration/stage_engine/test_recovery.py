@@ -228,3 +228,16 @@ async def test_rebuild_keeps_erased_customers_erased_and_refuses_an_undrained_ou
     await engine.dispose()
     with pytest.raises(RebuildRefused, match="unpublished"):
         await rebuild(settings, clock=clock)
+
+
+async def test_message_ids_are_forgotten_after_the_dedup_window(settings: Settings, topics: Topics) -> None:
+    from datetime import UTC, datetime
+
+    await publish(settings, topics, [touchpoint("Signed Up", customer="w1"), touchpoint("Signed Up", customer="w2")])
+    clock = FakeClock(datetime.now(UTC))
+    async with running_engine(settings, clock) as app:
+        await wait_for(lambda: _is(processed_count(settings), 2), what="both applied")
+        assert await app.state.engine.forget_old_messages() == 0
+        clock.now = datetime.now(UTC) + timedelta(days=31)
+        assert await app.state.engine.forget_old_messages() == 2
+    assert await processed_count(settings) == 0
