@@ -220,3 +220,14 @@ async def test_without_a_key_nothing_is_validated_before_the_401(ingest: Ingest)
         assert (await ingest.post("track", body, auth=None)).status_code == 401
     invalid_with_body_key = {"writeKey": ingest.key, "event": "No Ids"}
     assert (await ingest.post("track", invalid_with_body_key, auth=None)).status_code == 422
+
+
+async def test_a_chunked_body_without_a_length_is_still_held_to_the_limit(ingest: Ingest) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"userId": "u", "event": "Big", "properties": {"blob": "'
+        for _ in range(60):
+            yield b"x" * 10_000
+        yield b'"}}'
+
+    answer = await ingest.client.post("/v1/track", content=chunks(), auth=(ingest.key, ""))
+    assert answer.status_code == 413
