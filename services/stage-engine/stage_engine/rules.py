@@ -162,9 +162,6 @@ class Rules(_Strict):
         candidates = [*index.by_event.get(tp.event or "", ()), *index.by_category.get(tp.category, ())]
         return [name for name in candidates if self.signals[name].matches(tp)]
 
-    def rule_for(self, stage: Stage) -> StageRule:
-        return self.stages[stage.rank]
-
     def windowed_signals(self, above: Stage | None) -> frozenset[str]:
         """Signals whose event times a rule of a stage above ``above`` still needs."""
         return _INDEXES[id(self)].windowed[above]

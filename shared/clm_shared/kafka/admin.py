@@ -65,15 +65,6 @@ async def broker_reachable(bootstrap: str, timeout_s: float = 3.0) -> bool:
         await admin.close()
 
 
-async def wait_for_broker(bootstrap: str, timeout_s: float = 60.0) -> None:
-    """Wait until the broker answers metadata requests; raises TimeoutError when it never does."""
-    deadline = time.monotonic() + timeout_s
-    while not await broker_reachable(bootstrap, timeout_s=min(3.0, timeout_s)):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Kafka at {bootstrap} did not answer within {timeout_s:.0f}s")
-        await asyncio.sleep(0.2)
-
-
 async def partitions_of(bootstrap: str, topic: str) -> list[int]:
     """The partition numbers of a topic (empty when it does not exist)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
