@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     )
     stage_engine_timer_interval_s: float = Field(
         1.0, gt=0, le=3600, description="How often the stage engine looks for due inactivity timers."
+    )
+    erasure_key: SecretStr | None = Field(
+        None,
+        description="Key of the keyed hash that erased ids are remembered by; generated into <data dir>/erasure-key"
+        " when unset.",
     )
     host: str = Field("127.0.0.1", description="Interface the HTTP servers listen on.")
     ingest_port: int = Field(8001, ge=1, le=65535, description="Port of the ingest API.")

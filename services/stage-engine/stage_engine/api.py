@@ -150,7 +150,7 @@ async def erase_customer(customer_id: str, request: Request, engine: Engine) -> 
         await db.execute(
             "INSERT INTO erased_ids (id_hash, erased_at) SELECT h, $2 FROM unnest($1::text[]) AS h"
             " ON CONFLICT (id_hash) DO UPDATE SET erased_at = excluded.erased_at",
-            [erased_id_hash(i) for i in (canonical, *aliases)],
+            [erased_id_hash(i, request.app.state.erasure_key) for i in (canonical, *aliases)],
             now,
         )
         sequence = state.sequence + 1

@@ -16,6 +16,8 @@ from clm_shared.service import ServiceContext, create_service_app
 from clm_shared.settings import Settings, get_settings
 from stage_engine.api import router
 from stage_engine.engine import Clock, StageEngine, is_transient
+from stage_engine.erasure import erasure_key, rekey_unkeyed_hashes
+from stage_engine.repository import transaction
 from stage_engine.rules import RulesError, load_rules
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -32,11 +34,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         rules = load_rules(settings.rules_file)
     except RulesError as exc:
         raise SystemExit(str(exc)) from None
+    key = erasure_key(settings)
     publisher = Publisher(settings.kafka_bootstrap, client_id="clm-stage-engine")
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
 
     async def on_start(ctx: ServiceContext) -> None:
+        async with transaction(ctx.engine) as db:
+            await rekey_unkeyed_hashes(db, key)
         engine = StageEngine(
             ctx.engine,
             rules,
@@ -89,4 +94,5 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         on_stop=on_stop,
         title="clm stage engine (customers and lifecycle stages)",
     )
+    app.state.erasure_key = key
     return app

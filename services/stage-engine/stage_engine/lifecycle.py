@@ -29,6 +29,8 @@ from clm_shared.schemas.touchpoint import Touchpoint
 from stage_engine.rules import Condition, Rules
 
 DISCOVERY_RULE = "first_touchpoint"
+# The shape of stored states; ``stage_engine.stored_state`` upgrades older rows to it.
+STATE_VERSION = 1
 
 
 class CustomerState(BaseModel):
@@ -36,6 +38,7 @@ class CustomerState(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    version: int = Field(STATE_VERSION, description="Shape of the stored state (see stage_engine.stored_state).")
     customer_id: str
     stage: Stage | None = None
     health: Health = Health.ACTIVE

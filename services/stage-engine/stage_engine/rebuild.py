@@ -1,7 +1,8 @@
 """Rebuild all engine state from the touchpoints topic into empty tables.
 
-Run it while the stage engine is stopped, with its outbox drained (it refuses otherwise, since
-unpublished changes would be lost). It replays each partition up to the consumer group's committed
+Run it while the stage engine is stopped (it refuses while any member of the engine's consumer
+group is alive), with its outbox drained (it refuses otherwise, since unpublished changes would be
+lost). It replays each partition up to the consumer group's committed
 offset, that is exactly what the engine had applied; the engine applies the rest when it starts.
 The lifecycle events the replay recomputes have the ids they had when first published, so they are
 not published again. Inactivity timers due at the end fire afterwards and stay in the outbox: the
@@ -19,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 
 from clm_shared.db import create_engine, service_schema
-from clm_shared.kafka.admin import partitions_of
+from clm_shared.kafka.admin import group_members, partitions_of
 from clm_shared.kafka.consumer import Consumed
 from clm_shared.kafka.producer import Publisher
 from clm_shared.migrations import apply_migrations
@@ -29,7 +30,8 @@ from clm_shared.settings import Settings
 from clm_shared.topics import Topics
 from stage_engine.app import GROUP_ID, MIGRATIONS
 from stage_engine.engine import Clock, StageEngine
-from stage_engine.erasure import erased_id_hash
+from stage_engine.erasure import erased_id_hash, erasure_key, rekey_unkeyed_hashes
+from stage_engine.repository import transaction
 from stage_engine.rules import load_rules
 
 ENGINE_TABLES = ("customers", "identities", "processed_messages", "history", "timers", "outbox")
@@ -63,9 +65,13 @@ async def rebuild(settings: Settings, *, clock: Clock, progress: Progress = lamb
         topics.stage_changes,
         clock,
     )
+    key = erasure_key(settings)
     undecodable = seen = skipped = 0
     try:
         await apply_migrations(db, script_location=MIGRATIONS, schema=schema)
+        await refuse_while_engines_run(settings)
+        async with transaction(db) as raw:
+            await rekey_unkeyed_hashes(raw, key)
         async with db.begin() as conn:
             pending = await conn.scalar(text("SELECT count(*) FROM outbox"))
             if pending:
@@ -100,7 +106,7 @@ async def rebuild(settings: Settings, *, clock: Clock, progress: Progress = lamb
                     except DecodeError:
                         undecodable += 1  # the live engine dead-lettered it already
                         continue
-                    if was_erased(value, erased):
+                    if was_erased(value, erased, key):
                         skipped += 1
                         continue
                     batch.append(
@@ -128,10 +134,21 @@ class RebuildRefused(RuntimeError):
     pass
 
 
-def was_erased(tp: Touchpoint, erased: dict[str, datetime]) -> bool:
+async def refuse_while_engines_run(settings: Settings) -> None:
+    """Truncating the tables under a running engine would corrupt them: its consumer group must be empty."""
+    group = settings.topic_namespace + GROUP_ID
+    members = await group_members(settings.kafka_bootstrap, group)
+    if members:
+        raise RebuildRefused(
+            f"{len(members)} stage engine consumer(s) are running in group {group!r} ({', '.join(sorted(members))}):"
+            " stop the stage engine (`clm down`, or stop its processes), then rebuild"
+        )
+
+
+def was_erased(tp: Touchpoint, erased: dict[str, datetime], key: bytes) -> bool:
     """A touchpoint of a customer erased after it was received."""
     for any_id in (tp.user_id, tp.anonymous_id, tp.previous_id, tp.customer_key):
-        erased_at = erased.get(erased_id_hash(any_id)) if any_id else None
+        erased_at = erased.get(erased_id_hash(any_id, key)) if any_id else None
         if erased_at is not None and tp.received_at <= erased_at:
             return True
     return False

@@ -18,6 +18,7 @@ from stage_engine.batch import BatchState
 from stage_engine.events import to_history_row, to_record
 from stage_engine.lifecycle import CustomerState, next_timer
 from stage_engine.rules import Rules
+from stage_engine.stored_state import load_state
 
 HISTORY_COLUMNS = (
     "customer_id",
@@ -85,7 +86,7 @@ async def load_customers(db: Db, ids: Iterable[str]) -> dict[str, CustomerState]
     if not wanted:
         return {}
     rows = await db.fetch("SELECT state::text FROM customers WHERE customer_id = ANY($1::text[])", wanted)
-    states = [CustomerState.model_validate_json(row[0]) for row in rows]
+    states = [load_state(row[0]) for row in rows]
     return {state.customer_id: state for state in states}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -95,4 +97,6 @@ erased_ids = Table(
     metadata,
     Column("id_hash", String(64), primary_key=True),
     Column("erased_at", DateTime(timezone=True), nullable=False),
+    # False only for rows of versions that stored plain SHA-256; the engine re-keys them on start.
+    Column("keyed", Boolean, nullable=False, server_default=true()),
 )

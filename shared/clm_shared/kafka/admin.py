@@ -74,3 +74,20 @@ async def partitions_of(bootstrap: str, topic: str) -> list[int]:
     finally:
         await admin.close()
     return sorted(p["partition"] for t in described if t.get("error_code", 0) == 0 for p in t["partitions"])
+
+
+async def group_members(bootstrap: str, group_id: str, timeout_s: float = 10.0) -> list[str]:
+    """Client ids of the live members of a consumer group (empty when nobody consumes as that group)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        described = await asyncio.wait_for(admin.describe_consumer_groups([group_id]), timeout_s)
+    finally:
+        await admin.close()
+    return [
+        member["client_id"]
+        for response in described
+        for group in response.to_object()["groups"]
+        if group["group"] == group_id
+        for member in group["members"]
+    ]
