@@ -49,10 +49,19 @@ def test_a_bad_value_is_reported_with_the_setting_name(
     assert describe_settings_error(caught.value).startswith(variable + ":")
 
 
+def test_a_rejected_database_url_is_reported_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLM_DATABASE_URL", "postgresql://clm:Sup3r-s3cret@db.internal/clm")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    described = describe_settings_error(caught.value)
+    assert described.startswith("CLM_DATABASE_URL: ")
+    assert "Sup3r-s3cret" not in described
+
+
 def test_a_service_refuses_to_start_on_a_bad_setting_without_a_traceback() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "ingest"],
-        env={"CLM_DATABASE_URL": "mysql://nope", "PATH": "/usr/bin:/bin"},
+        env={"CLM_DATABASE_URL": "mysql://clm:Sup3r-s3cret@nope/clm", "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=60,
@@ -61,6 +70,7 @@ def test_a_service_refuses_to_start_on_a_bad_setting_without_a_traceback() -> No
     assert done.returncode != 0
     assert "CLM_DATABASE_URL" in done.stderr
     assert "Traceback" not in done.stderr
+    assert "Sup3r-s3cret" not in done.stderr + done.stdout
 
 
 def test_the_readme_documents_every_setting() -> None:
