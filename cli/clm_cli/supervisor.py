@@ -14,7 +14,7 @@ import httpx
 from rich.console import Console
 from rich.text import Text
 
-from clm_cli.infra.process import InfraError, port_in_use, read_pid, terminate
+from clm_cli.infra.process import InfraError, port_in_use, read_pid, terminate, write_pid
 from clm_cli.stack import SERVICES
 from clm_shared.settings import Settings
 
@@ -59,7 +59,7 @@ class Supervisor:
             self.console.print("all four services are already running")
             return 0
         own_pid = pid_file(self.settings, SUPERVISOR)
-        own_pid.write_text(str(os.getpid()))
+        write_pid(own_pid, os.getpid())
         try:
             return await self._hold(stop, pumps, started_at)
         finally:
@@ -84,8 +84,7 @@ class Supervisor:
                 start_new_session=True,
             )
             self.children[name] = process
-            pid_file(self.settings, name).parent.mkdir(parents=True, exist_ok=True)
-            pid_file(self.settings, name).write_text(str(process.pid))
+            write_pid(pid_file(self.settings, name), process.pid)
             pumps.append(asyncio.create_task(self._pump(name, process)))
 
     async def _hold(self, stop: asyncio.Event, pumps: list[asyncio.Task[None]], started_at: float) -> int:
@@ -128,16 +127,11 @@ class Supervisor:
             self.console.print(prefix + line, highlight=False, soft_wrap=True)
 
     async def shutdown(self) -> None:
-        """SIGTERM every child (they finish in-flight work), SIGKILL what is left after 15 s."""
-        for process in self.children.values():
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
+        """SIGTERM every child's process group (workers included; they finish in-flight work), SIGKILL after 15 s."""
+        running = [p for p in self.children.values() if p.returncode is None]  # a reaped pid may be reused
+        await asyncio.gather(*(asyncio.to_thread(terminate, p.pid, timeout_s=15) for p in running))
         for name, process in self.children.items():
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+            await process.wait()
             pid_file(self.settings, name).unlink(missing_ok=True)
 
 

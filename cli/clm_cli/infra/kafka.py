@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from clm_cli.infra.process import InfraError, port_in_use, read_pid, run, tail, terminate
+from clm_cli.infra.process import InfraError, port_in_use, read_pid, run, tail, terminate, write_pid
 from clm_shared.kafka.admin import broker_reachable
 
 KAFKA_VERSION = "4.1.1"
@@ -195,7 +195,7 @@ class KafkaServer:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C in the terminal is ours to handle, not the broker's
             )
-        self.pid_file.write_text(str(process.pid))
+        write_pid(self.pid_file, process.pid)
         return True
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:

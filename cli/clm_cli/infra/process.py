@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -36,34 +37,77 @@ def two_free_ports() -> int:
     raise InfraError("no two adjacent free ports on 127.0.0.1")
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: [state, ppid, pgrp, ...]; None when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def alive(pid: int) -> bool:
     """True for a running process; a zombie (exited, not yet reaped) counts as gone."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def start_time(pid: int) -> str | None:
+    """When the process started (clock ticks since boot): with the pid, it names one process for good."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields is not None else None
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and fields[0] != "Z" and fields[2] == str(pgid):
+                members.append(int(entry.name))
+    return members
+
+
+def write_pid(pid_file: Path, pid: int) -> None:
+    """Record a process as its pid and start time, so a recycled pid is never taken for it."""
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{pid} {start_time(pid)}\n")
 
 
 def read_pid(pid_file: Path) -> int | None:
-    """The pid in the file if that process still runs."""
+    """The pid in the file if that very process still runs (same pid and same start time).
+
+    After a reboot or a crash the pid may belong to another program: it is never returned, so it is
+    never signalled. A file without a start time (older versions) is treated as stale.
+    """
     try:
-        pid = int(pid_file.read_text().strip())
+        pid_text, recorded_start = pid_file.read_text().split()
+        pid = int(pid_text)
     except (OSError, ValueError):
         return None
-    return pid if alive(pid) else None
+    return pid if alive(pid) and start_time(pid) == recorded_start else None
 
 
 def terminate(pid: int, *, timeout_s: float = 30.0) -> None:
-    """SIGTERM, then SIGKILL if the process is still there after the timeout."""
+    """SIGTERM, then SIGKILL after the timeout; a process group leader is stopped with its whole group.
+
+    Services and the broker run in sessions of their own: signalling the group reaches worker
+    processes too, which would otherwise be orphaned when only their parent is signalled.
+    """
     try:
-        os.kill(pid, signal.SIGTERM)
+        group = os.getpgid(pid) == pid
     except ProcessLookupError:
         return
+
+    def send(sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig) if group else os.kill(pid, sig)
+
+    send(signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while alive(pid):
+    while alive(pid) or (group and group_members(pid)):
         if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
+            send(signal.SIGKILL)
             break
         time.sleep(0.1)
 
