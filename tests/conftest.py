@@ -15,6 +15,8 @@ from clm_shared.settings import Settings
 from clm_shared.topics import Topics
 from tests import infra
 
+pytest_plugins = ["tests.secret_watch", "pytester"]
+
 TEST_PARTITIONS = 2
 
 

@@ -23,6 +23,7 @@ from clm_shared.kafka.admin import ensure_topics
 from clm_shared.settings import Settings
 from clm_shared.topics import Topics
 from tests.conftest import TEST_PARTITIONS, drop_schemas, make_settings
+from tests.secret_watch import read_log, watch_output
 
 
 @dataclass
@@ -75,6 +76,7 @@ def ingest_service(kafka_bootstrap: str, database_url: str) -> Iterator[RunningS
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
         log.close()
+        watch_output("ingest service log (e2e)", read_log(scratch / "ingest.log"))
         asyncio.run(drop_schemas(database_url, namespace))
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -15,6 +15,7 @@ from clm_cli.infra.process import free_port, port_in_use
 from clm_cli.stack import SERVICES
 from clm_shared.settings import Settings
 from tests.e2e.conftest import settings_env
+from tests.secret_watch import read_log, watch_output
 from tests.waiting import wait_for
 
 
@@ -77,6 +78,7 @@ async def test_clm_up_brings_all_four_services_to_ready_and_sigint_stops_them(
         up.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(up.wait(), 60)
         log.close()
+        watch_output("clm up log", read_log(tmp_path / "up.log"))
     assert code == 0, (tmp_path / "up.log").read_text()
     assert not any(port_in_use(port) for port in ports.values())
     assert "ready in" in (tmp_path / "up.log").read_text()

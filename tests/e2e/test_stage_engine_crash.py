@@ -24,6 +24,7 @@ from stage_engine.memory import InMemoryEngine
 from stage_engine.rules import load_rules
 from tests.conftest import TEST_PARTITIONS, drop_schemas, make_settings
 from tests.e2e.conftest import settings_env
+from tests.secret_watch import read_log, watch_output
 from tests.utils.engine_state import processed_count, snapshot
 from tests.utils.factories import touchpoint
 from tests.utils.kafka import read_records
@@ -114,5 +115,6 @@ async def test_a_killed_engine_restarts_to_exactly_the_undisturbed_result(
                 sequences.append(e.sequence)
         assert all(seq == list(range(1, len(seq) + 1)) for seq in first_seen.values())
     finally:
+        watch_output("stage engine log (crash test)", read_log(scratch / "engine.log"))
         shutil.rmtree(scratch, ignore_errors=True)
         await drop_schemas(database_url, namespace)
