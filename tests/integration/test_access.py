@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -212,3 +213,19 @@ async def test_openapi_offers_bearer_auth_for_the_protected_routes(settings: Set
         spec = (await client.get("/openapi.json")).json()
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert spec["paths"]["/v1/customers/{customer_id}"]["delete"]["security"] == [{"HTTPBearer": []}]
+
+
+async def test_without_clm_admin_token_the_services_accept_the_one_clm_up_generated(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from clm_cli.main import ensure_admin_token
+    from clm_shared.access.tokens import admin_token_of
+
+    local = settings.model_copy(update={"data_dir": tmp_path})
+    ensure_admin_token(local)
+    generated = admin_token_of(local)
+    assert generated is not None
+    app = probe_app(local)
+    async with running(app) as client:
+        assert (await client.post("/v1/probe", headers=bearer(generated))).status_code == 200
+        assert (await client.post("/v1/probe", headers=bearer(generated[:-1]))).status_code == 401
