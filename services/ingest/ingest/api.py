@@ -210,8 +210,10 @@ def install_tracking_api(app: FastAPI) -> None:
         )
         components = schema.setdefault("components", {})
         components.setdefault("schemas", {}).update(definitions.get("$defs", {}))
-        components["securitySchemes"] = {
-            "writeKey": {"type": "http", "scheme": "basic", "description": "The write key as user name."}
+        components.setdefault("securitySchemes", {})["writeKey"] = {
+            "type": "http",
+            "scheme": "basic",
+            "description": "The write key as user name (API tokens are refused here).",
         }
         for endpoint in ENDPOINTS:
             schema["paths"][f"/v1/{endpoint}"] = {"post": _operation(endpoint)}
