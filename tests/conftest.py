@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from sqlalchemy import text
 
+from clm_shared.access.tables import ACCESS_SCHEMA
 from clm_shared.db import SERVICE_SCHEMAS, create_engine
 from clm_shared.kafka.admin import ensure_topics
 from clm_shared.settings import Settings
@@ -60,7 +61,7 @@ def make_settings(kafka_bootstrap: str, database_url: str, namespace: str) -> Se
 async def drop_schemas(database_url: str, namespace: str) -> None:
     engine = create_engine(database_url, schema="public", pool_size=1)
     async with engine.begin() as conn:
-        for schema in SERVICE_SCHEMAS.values():
+        for schema in [*SERVICE_SCHEMAS.values(), ACCESS_SCHEMA]:
             await conn.execute(text(f'DROP SCHEMA IF EXISTS "{namespace}{schema}" CASCADE'))
     await engine.dispose()
 

@@ -15,6 +15,9 @@ from clm_cli.infra.postgres import install_server
 from clm_cli.infra.process import InfraError
 from clm_cli.stack import LocalStack, create_topics, migrate_all, prepare
 from clm_cli.supervisor import Supervisor, stop_services
+from clm_cli.tokens import tokens_app
+from clm_shared.access.tokens import ADMIN_TOKEN_FILE, TOKEN_PREFIX
+from clm_shared.secrets import read_or_create_secret
 from clm_shared.settings import Settings, load_settings_or_exit
 from ingest.cli import keys_app
 from stage_engine.cli import stage_engine_app
@@ -23,6 +26,7 @@ app = typer.Typer(help="Customer lifecycle platform.", no_args_is_help=True, add
 infra_app = typer.Typer(help="Local Kafka and PostgreSQL.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
 app.add_typer(keys_app, name="keys")
+app.add_typer(tokens_app, name="tokens")
 app.add_typer(stage_engine_app, name="stage-engine")
 
 console = Console(stderr=True)
@@ -81,6 +85,16 @@ def stop_infra(settings: Settings) -> None:
         console.print("stopped PostgreSQL")
 
 
+def ensure_admin_token(settings: Settings) -> None:
+    """Without ``CLM_ADMIN_TOKEN``, the services accept the token in ``<data_dir>/admin-token`` (made here once)."""
+    if settings.admin_token is not None:
+        console.print("admin token: CLM_ADMIN_TOKEN")
+        return
+    path = settings.data_dir / ADMIN_TOKEN_FILE
+    read_or_create_secret(path, prefix=TOKEN_PREFIX)
+    console.print(f"admin token: in {path} (owner-only); send it as `Authorization: Bearer <token>`", highlight=False)
+
+
 @app.command()
 def up() -> None:
     """Install and start Kafka, PostgreSQL and the four services in the foreground; Ctrl-C stops them."""
@@ -90,6 +104,7 @@ def up() -> None:
         install_infra(settings)
         started_kafka, started_pg = start_infra(settings)
         _step("migrations and topics", lambda: prepare(settings))
+        ensure_admin_token(settings)
         code = asyncio.run(Supervisor(settings, console).run())
     except InfraError as error:
         raise _fail(error) from None

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from clm_cli.infra.kafka import KafkaServer
 from clm_cli.infra.postgres import PostgresServer
+from clm_shared.access.tokens import migrate_access
 from clm_shared.db import create_engine, service_schema
 from clm_shared.kafka.admin import ensure_topics
 from clm_shared.migrations import apply_migrations
@@ -64,7 +65,7 @@ class LocalStack:
 
 
 async def migrate_all(settings: Settings) -> None:
-    """Apply every service's migrations, each in its own schema."""
+    """Apply every service's migrations, each in its own schema, and those of the shared access schema."""
     for name, location in service_migrations().items():
         schema = service_schema(settings, name)
         engine = create_engine(settings.database_url, schema=schema, pool_size=1)
@@ -72,6 +73,11 @@ async def migrate_all(settings: Settings) -> None:
             await apply_migrations(engine, script_location=location, schema=schema)
         finally:
             await engine.dispose()
+    engine = create_engine(settings.database_url, schema="public", pool_size=1)
+    try:
+        await migrate_access(engine, settings)
+    finally:
+        await engine.dispose()
 
 
 async def create_topics(settings: Settings) -> None:

@@ -15,10 +15,13 @@ from typing import Any
 
 import structlog
 import uvicorn
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clm_shared.access.cache import SecretHashes
+from clm_shared.access.dependency import Access, require_token
+from clm_shared.access.tokens import access_engine, active_token_hashes, admin_token_of, migrate_access
 from clm_shared.db import create_engine, database_reachable, service_schema
 from clm_shared.kafka.admin import broker_reachable, ensure_topics
 from clm_shared.logs import configure_logging
@@ -78,7 +81,11 @@ def create_service_app(
     on_stop: StartHook | None = None,
     title: str | None = None,
 ) -> FastAPI:
-    """A FastAPI app with the service's lifespan (database, migrations, topics) and ops endpoints."""
+    """A FastAPI app with the service's lifespan (database, migrations, topics) and ops endpoints.
+
+    Every route of ``routers`` requires an API token (``require_token``); only the ops endpoints,
+    the OpenAPI description and routes a service mounts itself (ingest's tracking API) are open.
+    """
     configure_logging(settings.log_level, settings.log_format, service=name)  # again in each worker
 
     @asynccontextmanager
@@ -90,6 +97,11 @@ def create_service_app(
         app.state.ctx = ctx
         await _wait_for_database(engine, timeout_s=30)
         await apply_migrations(engine, script_location=migrations, schema=service_schema(settings, name))
+        await migrate_access(engine, settings)
+        tokens = access_engine(engine, settings)
+        app.state.access = Access(
+            SecretHashes(lambda: active_token_hashes(tokens), what="API tokens"), admin_token_of(settings)
+        )
         topics_task = asyncio.create_task(_ensure_topics_forever(ctx))
         if on_start:
             await on_start(ctx)
@@ -97,7 +109,12 @@ def create_service_app(
         # removes the long gen-2 pauses that showed up as tail latency under load.
         gc.collect()
         gc.freeze()
-        log.info("service started", service=name, port=settings.port_of(name))
+        log.info(
+            "service started",
+            service=name,
+            port=settings.port_of(name),
+            admin_token="set" if app.state.access.admin_token else "none",
+        )
         try:
             yield
         finally:
@@ -109,7 +126,7 @@ def create_service_app(
     app = FastAPI(title=title or f"clm {name}", lifespan=lifespan)
     app.include_router(ops_router(name))
     for router in routers:
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(require_token)])
     return app
 
 

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".data"), description="Where `clm up` keeps Kafka and PostgreSQL data.")
     cache_dir: Path = Field(Path(".cache"), description="Where `clm` keeps downloads (the Kafka jars).")
     kafka_heap_mb: int = Field(512, ge=128, le=8192, description="JVM heap of the local Kafka broker.")
+    admin_token: SecretStr | None = Field(
+        None,
+        description="An admin API token accepted besides the stored ones (else `<data_dir>/admin-token`).",
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -86,6 +90,16 @@ class Settings(BaseSettings):
         if value and not all(c.isalnum() or c in "_" for c in value):
             raise ValueError("only letters, digits and _ are allowed")
         return value.lower()
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _admin_token_is_long(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None  # an empty variable means "not set"
+        secret = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if len(secret.strip()) < 24:
+            raise ValueError("must be at least 24 characters, e.g. from `openssl rand -base64 32`")
+        return SecretStr(secret.strip())
 
     def port_of(self, service: str) -> int:
         """The HTTP port of one of the four services, by its name."""

@@ -59,6 +59,12 @@ async def test_clm_up_brings_all_four_services_to_ready_and_sigint_stops_them(
             assert metrics.headers["content-type"].startswith("text/plain")
             assert "process_cpu_seconds_total" in metrics.text
 
+        # Without CLM_ADMIN_TOKEN, `clm up` generated one that the services accept; nothing else is.
+        admin = (tmp_path / "admin-token").read_text().strip()
+        customers = f"http://127.0.0.1:{ports['stage-engine']}/v1/customers"
+        assert (await client.get(customers)).status_code == 401
+        assert (await client.get(customers, headers={"Authorization": f"Bearer {admin}"})).status_code == 200
+
         # A second `clm up` while everything is up breaks nothing.
         again = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -82,6 +88,9 @@ async def test_clm_up_brings_all_four_services_to_ready_and_sigint_stops_them(
     assert code == 0, (tmp_path / "up.log").read_text()
     assert not any(port_in_use(port) for port in ports.values())
     assert "ready in" in (tmp_path / "up.log").read_text()
+    generated = (tmp_path / "admin-token").read_text().strip()
+    assert "admin token: in" in (tmp_path / "up.log").read_text()
+    assert generated not in (tmp_path / "up.log").read_text()
 
 
 async def test_a_service_starts_without_kafka_and_reports_not_ready(

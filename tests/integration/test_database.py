@@ -50,7 +50,7 @@ async def test_applying_migrations_again_and_concurrently_changes_nothing(
     assert [key.name for key in await list_keys(ingest_engine)] == ["before"]
 
 
-async def test_every_service_migrates_into_its_own_schema(settings: Settings) -> None:
+async def test_every_service_migrates_into_its_own_schema_and_the_tokens_into_access(settings: Settings) -> None:
     await migrate_all(settings)
     engine = create_engine(settings.database_url, schema="public", pool_size=1)
     try:
@@ -60,6 +60,7 @@ async def test_every_service_migrates_into_its_own_schema(settings: Settings) ->
                 {"p": settings.schema_namespace + "%"},
             )
             assert [r[0].removeprefix(settings.schema_namespace) for r in rows] == [
+                "access",
                 "campaigns",
                 "ingest",
                 "metrics",

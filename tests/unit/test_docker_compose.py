@@ -45,7 +45,9 @@ def test_each_platform_service_is_built_from_the_repo_and_waits_for_healthy_depe
         "postgres": {"condition": "service_healthy"},
     }
     port = Settings().port_of(name)
-    assert service["ports"] == [f"{port}:{port}"]
+    # Only the tracking API is published on every interface; the others answer this host only.
+    published = f"{port}:{port}" if name == "ingest" else f"127.0.0.1:{port}:{port}"
+    assert service["ports"] == [published]
     assert f"127.0.0.1:{port}/readyz" in " ".join(service["healthcheck"]["test"])
 
 

@@ -38,6 +38,7 @@ def test_settings_come_from_clm_environment_variables(monkeypatch: pytest.Monkey
         ("CLM_INGEST_PORT", "70000"),
         ("CLM_LOG_LEVEL", "LOUD"),
         ("CLM_TOPIC_NAMESPACE", "bad-name!"),
+        ("CLM_ADMIN_TOKEN", "short"),
     ],
 )
 def test_a_bad_value_is_reported_with_the_setting_name(
@@ -79,3 +80,19 @@ def test_the_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [f"CLM_{name.upper()}" for name in Settings.model_fields if f"`CLM_{name.upper()}`" not in readme]
     assert missing == []
+
+
+def test_a_bad_admin_token_is_named_but_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLM_ADMIN_TOKEN", "weak-secret")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert "weak-secret" not in describe_settings_error(caught.value)
+    monkeypatch.setenv("CLM_ADMIN_TOKEN", "a-long-enough-admin-token-value")
+    settings = Settings()
+    assert settings.admin_token is not None
+    assert "a-long-enough" not in repr(settings) and "a-long-enough" not in str(settings.model_dump())
+
+
+def test_an_empty_admin_token_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLM_ADMIN_TOKEN", "")
+    assert Settings().admin_token is None

@@ -16,6 +16,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.routing import Route
 
+from clm_shared.access.cache import SecretsUnavailable
+from clm_shared.access.tokens import TOKEN_PREFIX
 from clm_shared.kafka.producer import PublishUnavailable
 from clm_shared.schemas.segment import CALL_MODELS, BatchCall
 from ingest.auth import WriteKeys, key_from_basic_auth
@@ -71,7 +73,8 @@ RESPONSES: dict[int, str] = {
     401: "No write key, or an unknown or revoked one.",
     413: "Over 32 KB for one event or 500 KB for the request.",
     422: "Invalid events: each error names the event's index and the field.",
-    503: "Kafka did not acknowledge in time; retry after `Retry-After` seconds.",
+    503: "Kafka did not acknowledge in time, or a new key cannot be checked while the database is down;"
+    " retry after `Retry-After` seconds.",
 }
 
 
@@ -93,6 +96,12 @@ async def ingest(request: Request, endpoint: str) -> Response:
         return Response(
             orjson.dumps(body), 503, {"Retry-After": str(runtime.retry_after_s)}, media_type="application/json"
         )
+    except SecretsUnavailable as exc:
+        EVENTS_REJECTED.labels("unavailable").inc()
+        body = {"success": False, "message": "write keys cannot be checked now; retry later", "errors": []}
+        return Response(
+            orjson.dumps(body), 503, {"Retry-After": str(exc.retry_after_s)}, media_type="application/json"
+        )
     finally:
         REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
 
@@ -104,7 +113,7 @@ async def _accept(request: Request, endpoint: str, runtime: IngestRuntime) -> in
         raise Rejected(413, f"request body is over {MAX_REQUEST_BYTES // 1024} KB")  # before reading it
     key = key_from_basic_auth(request.headers.get("authorization"))
     if key is not None:
-        source = await runtime.keys.name_of(key)
+        source = await _source_of(runtime.keys, key)
         if source is None:
             raise Rejected(401, "unknown or revoked write key")
         payload = load_json(decode_body(await _read_body(request), request.headers.get("content-encoding")))
@@ -117,7 +126,7 @@ async def _accept(request: Request, endpoint: str, runtime: IngestRuntime) -> in
                 raise
             raise Rejected(401, "a write key is needed (HTTP Basic user name)") from None
         key = body_write_key(payload)
-        source = await runtime.keys.name_of(key) if key else None
+        source = await _source_of(runtime.keys, key) if key else None
         if source is None:
             raise Rejected(
                 401, "unknown or revoked write key" if key else "a write key is needed (HTTP Basic user name)"
@@ -146,6 +155,13 @@ async def _accept(request: Request, endpoint: str, runtime: IngestRuntime) -> in
     await runtime.touchpoints.publish(touchpoints)
     PUBLISH_SECONDS.observe(time.perf_counter() - published)
     return len(touchpoints)
+
+
+async def _source_of(keys: WriteKeys, key: str) -> str | None:
+    """The source a write key belongs to; API tokens are never write keys (refused without a lookup)."""
+    if key.startswith(TOKEN_PREFIX):
+        return None
+    return await keys.lookup(key)
 
 
 async def _read_body(request: Request) -> bytes:
@@ -194,8 +210,10 @@ def install_tracking_api(app: FastAPI) -> None:
         )
         components = schema.setdefault("components", {})
         components.setdefault("schemas", {}).update(definitions.get("$defs", {}))
-        components["securitySchemes"] = {
-            "writeKey": {"type": "http", "scheme": "basic", "description": "The write key as user name."}
+        components.setdefault("securitySchemes", {})["writeKey"] = {
+            "type": "http",
+            "scheme": "basic",
+            "description": "The write key as user name (API tokens are refused here).",
         }
         for endpoint in ENDPOINTS:
             schema["paths"][f"/v1/{endpoint}"] = {"post": _operation(endpoint)}

@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def on_start(ctx: ServiceContext) -> None:
         app.state.ingest = IngestRuntime(
-            keys=WriteKeys(lambda: active_key_hashes(ctx.engine)),
+            keys=WriteKeys(lambda: active_key_hashes(ctx.engine), what="write keys"),
             touchpoints=TouchpointPublisher(publisher, ctx.topics.touchpoints),
             retry_after_s=max(1, round(settings.ingest_publish_timeout_s)),
         )

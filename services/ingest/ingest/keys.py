@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clm_shared.access.cache import hash_secret
 from ingest.tables import write_keys
 
 KEY_PREFIX = "clmwk_"
@@ -32,7 +32,7 @@ class WriteKey:
 
 
 def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    return hash_secret(key)
 
 
 def new_key() -> str:

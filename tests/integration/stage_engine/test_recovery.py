@@ -29,6 +29,7 @@ from tests.integration.stage_engine.test_stage_engine import T0, FakeClock
 from tests.utils.engine_state import processed_count, snapshot
 from tests.utils.factories import touchpoint
 from tests.utils.kafka import read_records
+from tests.utils.tokens import bearer, create_api_token
 from tests.waiting import wait_for
 
 serialize = JsonSerializer()
@@ -128,7 +129,8 @@ async def test_an_undecodable_touchpoint_goes_to_the_dlq_and_the_engine_carries_
     await publish(settings, topics, [touchpoint("Signed Up", customer="u1")])
     async with running_engine(settings, FakeClock(T0)) as app:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+        headers = bearer(await create_api_token(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine", headers=headers) as client:
 
             async def engaged() -> bool:
                 answer = await client.get("/v1/customers/u1")
@@ -154,7 +156,8 @@ async def test_identify_with_both_ids_merges_profiles_and_publishes_the_merge(
     await publish(settings, topics, [*anon, identify])
     async with running_engine(settings, FakeClock(T0)) as app:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+        headers = bearer(await create_api_token(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine", headers=headers) as client:
 
             async def merged() -> bool:
                 answer = await client.get("/v1/customers/anon-9")
@@ -185,7 +188,8 @@ async def test_after_a_chain_of_merges_an_old_anonymous_id_lands_on_the_final_cu
     last = [touchpoint("Order Completed", customer="anon-c", at=T0 + 3 * day, revenue=10)]
     async with running_engine(settings, FakeClock(T0)) as app:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+        headers = bearer(await create_api_token(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine", headers=headers) as client:
             for step, events in enumerate((first, later, last), start=1):
                 await publish(settings, topics, events)
                 expected = sum(len(group) for group in (first, later, last)[:step])
@@ -211,7 +215,8 @@ async def test_rebuild_keeps_erased_customers_erased_and_refuses_an_undrained_ou
     async with running_engine(settings, clock) as app:
         await wait_for(lambda: _is(processed_count(settings), 2), what="both applied")
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+        headers = bearer(await create_api_token(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine", headers=headers) as client:
             assert (await client.delete("/v1/customers/gone")).status_code == 204
 
         async def drained() -> bool:

@@ -18,6 +18,7 @@ from ingest.app import create_app as create_ingest
 from ingest.keys import create_key
 from stage_engine.app import create_app as create_engine_app
 from tests.utils.kafka import read_records
+from tests.utils.tokens import bearer, create_api_token
 from tests.waiting import wait_for
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -65,11 +66,14 @@ async def platform(settings: Settings, topics: Topics) -> AsyncIterator[Platform
     ingest_app, engine_app = create_ingest(fast), create_engine_app(fast, clock=clock)
     async with ingest_app.router.lifespan_context(ingest_app), engine_app.router.lifespan_context(engine_app):
         key = await create_key(ingest_app.state.ctx.engine, name="test")
+        token = await create_api_token(engine_app)
         async with (
             httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=ingest_app), base_url="http://ingest", auth=(key, "")
             ) as ingest,
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=engine_app), base_url="http://engine") as engine,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=engine_app), base_url="http://engine", headers=bearer(token)
+            ) as engine,
         ):
             yield Platform(ingest, engine, clock, fast, topics)
 
