@@ -1,14 +1,16 @@
 """A pytest plugin: no secret the suite used, and no email address, may appear in anything it logged.
 
 Every test's captured stdout, stderr and log records are kept, with the log files of the services
-the end-to-end tests run (``watch_output``). Secrets are remembered as the suite makes them (write
-keys and API tokens through their generators, ``remember_secret`` for the rest). At the end of the
+the end-to-end tests run (``watch_output``). Secrets are remembered as the suite makes them (every
+``secrets.token_urlsafe`` value: write keys, API tokens, generated keys; ``remember_secret`` for the
+rest). At the end of the
 session all of it is searched; a hit fails the run and names where it was, never the secret itself.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,24 +54,14 @@ def find_leaks(outputs: Iterable[tuple[str, str]], secrets: Iterable[str]) -> It
             yield f"{where}: an email address appears in the output ({found.group(0).split('@')[1]} domain)"
 
 
-def _remember_generated(module: str, function: str) -> None:
-    """Wrap a secret generator so every value it makes is remembered."""
-    import importlib
-
-    try:
-        owner = importlib.import_module(module)
-    except ImportError:
-        return
-    original = getattr(owner, function)
-
-    def generate() -> str:
-        return remember_secret(original())
-
-    setattr(owner, function, generate)
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    _remember_generated("ingest.keys", "new_key")
+    # Write keys, API tokens and the generated admin token and erasure key all come from here.
+    original = secrets.token_urlsafe
+
+    def remembered(nbytes: int | None = None) -> str:
+        return remember_secret(original(nbytes))
+
+    secrets.token_urlsafe = remembered
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -15,7 +15,7 @@ from clm_cli.infra.process import free_port, port_in_use
 from clm_cli.stack import SERVICES
 from clm_shared.settings import Settings
 from tests.e2e.conftest import settings_env
-from tests.secret_watch import read_log, watch_output
+from tests.secret_watch import read_log, remember_secret, watch_output
 from tests.waiting import wait_for
 
 
@@ -60,7 +60,7 @@ async def test_clm_up_brings_all_four_services_to_ready_and_sigint_stops_them(
             assert "process_cpu_seconds_total" in metrics.text
 
         # Without CLM_ADMIN_TOKEN, `clm up` generated one that the services accept; nothing else is.
-        admin = (tmp_path / "admin-token").read_text().strip()
+        admin = remember_secret((tmp_path / "admin-token").read_text().strip())
         customers = f"http://127.0.0.1:{ports['stage-engine']}/v1/customers"
         assert (await client.get(customers)).status_code == 401
         assert (await client.get(customers, headers={"Authorization": f"Bearer {admin}"})).status_code == 200
@@ -88,7 +88,7 @@ async def test_clm_up_brings_all_four_services_to_ready_and_sigint_stops_them(
     assert code == 0, (tmp_path / "up.log").read_text()
     assert not any(port_in_use(port) for port in ports.values())
     assert "ready in" in (tmp_path / "up.log").read_text()
-    generated = (tmp_path / "admin-token").read_text().strip()
+    generated = remember_secret((tmp_path / "admin-token").read_text().strip())
     assert "admin token: in" in (tmp_path / "up.log").read_text()
     assert generated not in (tmp_path / "up.log").read_text()
 

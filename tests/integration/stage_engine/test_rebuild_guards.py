@@ -16,6 +16,7 @@ from stage_engine.erasure import erased_id_hash
 from stage_engine.rebuild import RebuildRefused, rebuild
 from tests.integration.stage_engine.test_recovery import _is, publish, running_engine
 from tests.integration.stage_engine.test_stage_engine import T0, FakeClock
+from tests.secret_watch import remember_secret
 from tests.utils.engine_state import processed_count, snapshot
 from tests.utils.factories import touchpoint
 from tests.waiting import wait_for
@@ -36,7 +37,7 @@ async def test_rebuild_is_refused_while_an_engine_of_the_group_runs(settings: Se
 async def test_erased_ids_from_before_keyed_hashes_are_rekeyed_and_still_skipped(
     settings: Settings, topics: Topics
 ) -> None:
-    settings = settings.model_copy(update={"erasure_key": SecretStr("test-erasure-key")})
+    settings = settings.model_copy(update={"erasure_key": SecretStr(remember_secret("test-erasure-key"))})
     gone = "gone@example.com"
     await publish(
         settings,
