@@ -8,7 +8,8 @@ COPY pyproject.toml README.md ./
 COPY shared/ shared/
 COPY cli/ cli/
 COPY services/ services/
-RUN pip install . && useradd --system --uid 10001 clm
+# /data: a service's generated secrets (a named volume takes over this folder's owner).
+RUN pip install . && useradd --system --uid 10001 clm && mkdir /data && chown clm /data
 
 USER clm
 ENV CLM_HOST=0.0.0.0 CLM_LOG_FORMAT=json

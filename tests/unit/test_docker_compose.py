@@ -67,4 +67,7 @@ def test_broker_and_database_data_live_in_declared_named_volumes(compose: dict[s
         volume.split(":")[0] for name in ("kafka", "postgres") for volume in compose["services"][name]["volumes"]
     }
     assert mounted == {"kafka-data", "postgres-data"}
-    assert set(compose["volumes"]) == mounted
+    # The stage engine keeps its generated erasure key across restarts.
+    assert compose["services"]["stage-engine"]["volumes"] == ["stage-engine-data:/data"]
+    assert compose["services"]["stage-engine"]["environment"]["CLM_DATA_DIR"] == "/data"
+    assert set(compose["volumes"]) == mounted | {"stage-engine-data"}
