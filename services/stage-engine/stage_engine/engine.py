@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import asyncpg
-import sqlalchemy.exc
 import structlog
 from prometheus_client import Counter, Histogram
 from sqlalchemy import delete, select, text
@@ -17,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clm_shared.kafka.consumer import Consumed
 from clm_shared.kafka.producer import OutgoingRecord, Publisher
 from clm_shared.schemas.touchpoint import Touchpoint
+from clm_shared.transient import is_transient as shared_is_transient
 from stage_engine.batch import BatchState, apply_batch, apply_clock, ids_needed
 from stage_engine.repository import (
     claim_due_timers,
@@ -40,30 +40,12 @@ CONTENT_TYPE = ("content-type", b"application/cloudevents+json")
 RELAY_LOCK = 0x636C6D72656C6179
 
 
-_TRANSIENT = (
-    OSError,
-    TimeoutError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.SerializationError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,
-)
-
-
 def is_transient(exc: Exception) -> bool:
-    """Failures of the database, not of the records: retry them, never dead-letter their batch."""
+    """The shared classifier, plus a race between two engines recording the same message."""
     if isinstance(exc, asyncpg.exceptions.UniqueViolationError):
         # Another engine recorded the same message meanwhile (rebalance): the retry skips it.
         return bool(exc.constraint_name == "processed_messages_pkey")
-    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, _TRANSIENT)
+    return shared_is_transient(exc)
 
 
 @dataclass
