@@ -15,7 +15,7 @@ from clm_shared.serde import JsonDeserializer
 from clm_shared.service import ServiceContext, create_service_app
 from clm_shared.settings import Settings, get_settings
 from stage_engine.api import router
-from stage_engine.engine import Clock, StageEngine, is_transient
+from stage_engine.engine import Clock, StageEngine
 from stage_engine.rules import RulesError, load_rules
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -55,7 +55,6 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             dlq_topic=ctx.topics.touchpoints_dlq,
             client_id="clm-stage-engine",
             max_batch=settings.stage_engine_batch_size,
-            transient=is_transient,
         )
         app.state.engine = engine
         app.state.consumer = loop
