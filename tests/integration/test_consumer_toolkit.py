@@ -68,6 +68,7 @@ async def test_a_consumer_of_stage_changes_dead_letters_malformed_events_drops_d
         dlq_topic=topics.stage_changes_dlq,
     )
     ready = ctx.readiness["consumer:toolkit"]
+    assert not await ready()  # /readyz is false until the loop has its partitions
     gaps_before = gaps_counted()
     malformed = stage_change("c1", 2).replace(b'"sequence":2', b'"sequence":"two"')
     values = [
