@@ -88,6 +88,7 @@ class OutboxRelay:
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop``; the broker or database being away only delays it."""
         while not stop.is_set():
+            self.ready.clear()  # before the round: rows added during it wake the next one
             try:
                 if await self.relay_once() == self.batch:
                     continue
@@ -95,7 +96,6 @@ class OutboxRelay:
                 log.warning("outbox relay failed; retrying", table=self.outbox.table, error=repr(exc))
                 await wait_any(stop, None, 1.0)
                 continue
-            self.ready.clear()
             await wait_any(stop, self.ready, self.idle_s)
 
 

@@ -94,14 +94,14 @@ class ConsumerRuntime:
 
         async def repeat() -> None:
             while not self.stopping.is_set():
+                if wake is not None:
+                    wake.clear()  # before the round: a wake-up during it is not lost
                 try:
                     more = await work()
                 except Exception as exc:  # the database or broker away: try again next round
                     log.warning("background task failed; retrying", task=name, error=repr(exc))
                     more = False
                 if not more:
-                    if wake is not None:
-                        wake.clear()
                     await wait_any(self.stopping, wake, interval_s)
 
         self.task(name, repeat())
