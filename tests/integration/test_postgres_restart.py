@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -12,7 +11,6 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_cli.infra.postgres import PostgresServer
-from clm_cli.infra.process import free_port
 from clm_shared.batch_consumer import cloudevent_handler
 from clm_shared.cloudevents import CloudEventDeserializer, Envelope
 from clm_shared.kafka.consumer import Consumed
@@ -22,8 +20,8 @@ from clm_shared.service import ServiceContext
 from clm_shared.settings import Settings
 from clm_shared.topics import Topics
 from clm_shared.transient import is_transient
-from tests.infra import _scratch_dir
 from tests.utils.kafka import topic_size
+from tests.utils.scratch_postgres import scratch_postgres
 from tests.utils.toolkit_consumer import applied_rows, apply_stage_changes, stage_change, toolkit_schema
 from tests.waiting import wait_for
 
@@ -31,15 +29,8 @@ from tests.waiting import wait_for
 @pytest.fixture
 def postgres() -> Iterator[PostgresServer]:
     """A scratch server of this test's own: it gets stopped mid-stream."""
-    scratch = _scratch_dir("pg-restart")
-    server = PostgresServer(data_dir=scratch / "pg", port=free_port())
-    server.start()
-    try:
-        server.ensure_database()
+    with scratch_postgres() as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture
