@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -11,6 +12,9 @@ from cloudevents.core.bindings.kafka import KafkaMessage, from_structured
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from pydantic import BaseModel
+
+from clm_shared.schemas.lifecycle import LIFECYCLE_EVENT_TYPES
+from clm_shared.serde import DecodeError, Headers
 
 SOURCE_PREFIX = "urn:clm:"
 # Extension attribute: a per-customer, gap-free sequence number so subscribers detect gaps.
@@ -63,22 +67,57 @@ def encode(
     return KafkaMessage(headers={"content-type": _FORMAT.CONTENT_TYPE.encode()}, key=customer_id.encode(), value=value)
 
 
-def decode(value: bytes) -> Envelope:
-    """Parse one structured-mode value; raises ValueError on anything that is not a valid event."""
+def decode(value: bytes | None, *, types: Collection[str] | None = None) -> Envelope:
+    """Parse one structured-mode value; anything that is not a valid lifecycle event is a DecodeError.
+
+    With ``types``, an event of any other type is a DecodeError too.
+    """
+    if value is None:
+        raise DecodeError("empty record value")
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise DecodeError("not a CloudEvent: the value is not a JSON object")
+    if body.get("specversion") != "1.0":
+        raise DecodeError(f"not a CloudEvent 1.0: specversion is {body.get('specversion')!r}")
+    for name in ("id", "source", "type", "subject", "time"):
+        if not isinstance(body.get(name), str) or not body[name]:
+            raise DecodeError(f"{name}: a non-empty string is required, got {body.get(name)!r}")
+    sequence = body.get(SEQUENCE_ATTR)
+    if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 1:
+        raise DecodeError(f"{SEQUENCE_ATTR}: a positive integer is required, got {sequence!r}")
+    if types is not None and body.get("type") not in types:
+        raise DecodeError(f"type: unknown event type {body.get('type')!r}")
     try:
         event = from_structured(KafkaMessage(headers={}, key=None, value=value), _FORMAT, CloudEvent)
     except Exception as exc:  # the SDK raises several unrelated types
-        raise ValueError(f"not a CloudEvent: {exc}") from exc
+        raise DecodeError(f"not a CloudEvent: {exc}") from exc
     data = event.get_data()
     time = event.get_time()
-    if not isinstance(data, dict) or time is None or event.get_subject() is None:
-        raise ValueError("a lifecycle event needs JSON data, time and subject")
+    if not isinstance(data, dict) or time is None:
+        raise DecodeError("data: a lifecycle event needs JSON object data and a time")
     return Envelope(
         id=event.get_id(),
         type=event.get_type(),
         source=event.get_source(),
         subject=str(event.get_subject()),
         time=time,
-        sequence=int(event.get_extension(SEQUENCE_ATTR)),
+        sequence=sequence,
         data=data,
     )
+
+
+class CloudEventDeserializer:
+    """For ``ConsumerLoop``: bytes to an ``Envelope`` of one of the known types, else a DecodeError."""
+
+    def __init__(self, types: Iterable[str] = LIFECYCLE_EVENT_TYPES) -> None:
+        self.types = frozenset(str(t) for t in types)
+
+    def with_types(self, *more: str) -> CloudEventDeserializer:
+        """The same deserializer knowing more event types (campaign events, a later version...)."""
+        return CloudEventDeserializer(self.types | set(more))
+
+    def __call__(self, value: bytes | None, *, topic: str = "", headers: Headers = ()) -> Envelope:
+        return decode(value, types=self.types)

@@ -13,21 +13,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 VERSION_TABLE = "alembic_version"
 
 
-async def apply_migrations(engine: AsyncEngine, *, script_location: Path, schema: str) -> None:
-    """Upgrade the schema to head; an advisory lock lets several instances start at once."""
+async def apply_migrations(engine: AsyncEngine, *, script_location: Path, schema: str, revision: str = "head") -> None:
+    """Upgrade the schema to head (or ``revision``); an advisory lock lets several instances start at once."""
     async with engine.begin() as conn:
         await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:schema))"), {"schema": schema})
         await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         await conn.execute(text(f'SET LOCAL search_path TO "{schema}"'))
-        await conn.run_sync(_upgrade, str(script_location), schema)
+        await conn.run_sync(_upgrade, str(script_location), schema, revision)
 
 
-def _upgrade(connection: Connection, script_location: str, schema: str) -> None:
+def _upgrade(connection: Connection, script_location: str, schema: str, revision: str) -> None:
     config = Config()
     config.set_main_option("script_location", script_location)
     config.attributes["connection"] = connection
     config.attributes["schema"] = schema
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
 
 
 def run_env(target_metadata: MetaData) -> None:

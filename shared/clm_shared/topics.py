@@ -8,6 +8,7 @@ TOUCHPOINTS = "clm.touchpoints.v1"
 STAGE_CHANGES = "clm.stage-changes.v1"
 CAMPAIGN_EVENTS = "clm.campaign-events.v1"
 TOUCHPOINTS_DLQ = "clm.touchpoints.dlq.v1"
+STAGE_CHANGES_DLQ = "clm.stage-changes.dlq.v1"
 
 
 @dataclass(frozen=True)
@@ -32,5 +33,15 @@ class Topics:
     def touchpoints_dlq(self) -> str:
         return self.namespace + TOUCHPOINTS_DLQ
 
+    @property
+    def stage_changes_dlq(self) -> str:
+        return self.namespace + STAGE_CHANGES_DLQ
+
     def all(self) -> list[str]:
-        return [self.touchpoints, self.stage_changes, self.campaign_events, self.touchpoints_dlq]
+        return [
+            self.touchpoints,
+            self.stage_changes,
+            self.campaign_events,
+            self.touchpoints_dlq,
+            self.stage_changes_dlq,
+        ]

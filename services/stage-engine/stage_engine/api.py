@@ -11,10 +11,18 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_shared.schemas.lifecycle import Health, Stage
+from clm_shared.transactions import transaction
 from stage_engine.batch import Emitted, Erased, event_id
 from stage_engine.erasure import erased_id_hash
 from stage_engine.events import to_record
-from stage_engine.repository import HISTORY_COLUMNS, load_customers, lock_customers, resolve, transaction
+from stage_engine.repository import (
+    HISTORY_COLUMNS,
+    OUTBOX,
+    TIMERS,
+    load_customers,
+    lock_customers,
+    resolve,
+)
 from stage_engine.tables import customers
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
@@ -144,8 +152,9 @@ async def erase_customer(customer_id: str, request: Request, engine: Engine) -> 
         aliases = [r[0] for r in await db.fetch("SELECT alias_id FROM identities WHERE customer_id = $1", canonical)]
         # The merged profiles' history is this customer's too.
         await db.execute("DELETE FROM history WHERE customer_id = ANY($1::text[])", [canonical, *aliases])
-        for table in ("customers", "identities", "timers"):
+        for table in ("customers", "identities"):
             await db.execute(f"DELETE FROM {table} WHERE customer_id = $1", canonical)
+        await TIMERS.cancel(db, [canonical])
         now = datetime.now(UTC)
         await db.execute(
             "INSERT INTO erased_ids (id_hash, erased_at) SELECT h, $2 FROM unnest($1::text[]) AS h"
@@ -155,7 +164,6 @@ async def erase_customer(customer_id: str, request: Request, engine: Engine) -> 
         )
         sequence = state.sequence + 1
         erased = Emitted(canonical, sequence, event_id(canonical, sequence, state.origin), Erased(now))
-        record = to_record(erased, topic)
-        await db.execute("INSERT INTO outbox (topic, key, value) VALUES ($1, $2, $3)", topic, record.key, record.value)
+        await OUTBOX.add(db, [to_record(erased, topic)])
     request.app.state.engine.outbox_ready.set()
     return Response(status_code=204)

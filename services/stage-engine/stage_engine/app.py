@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
 
-from clm_shared.kafka.consumer import ConsumerLoop
-from clm_shared.kafka.producer import Publisher
+from clm_shared.runtime import ConsumerRuntime, runtime_hooks
 from clm_shared.schemas.touchpoint import Touchpoint
 from clm_shared.serde import JsonDeserializer
 from clm_shared.service import ServiceContext, create_service_app
 from clm_shared.settings import Settings, get_settings
+from clm_shared.transactions import transaction
 from stage_engine.api import router
-from stage_engine.engine import Clock, StageEngine, is_transient
+from stage_engine.engine import Clock, StageEngine
 from stage_engine.erasure import erasure_key, rekey_unkeyed_hashes
-from stage_engine.repository import transaction
 from stage_engine.rules import RulesError, load_rules
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -35,56 +33,31 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
     except RulesError as exc:
         raise SystemExit(str(exc)) from None
     key = erasure_key(settings)
-    publisher = Publisher(settings.kafka_bootstrap, client_id="clm-stage-engine")
-    stop = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
 
-    async def on_start(ctx: ServiceContext) -> None:
+    async def setup(ctx: ServiceContext, runtime: ConsumerRuntime) -> None:
         async with transaction(ctx.engine) as db:
             await rekey_unkeyed_hashes(db, key)
         engine = StageEngine(
             ctx.engine,
             rules,
-            publisher,
+            runtime.publisher,
             ctx.topics.stage_changes,
             clock,
             dedup_window=timedelta(days=settings.stage_engine_dedup_days),
         )
-        loop = ConsumerLoop(
-            bootstrap=settings.kafka_bootstrap,
-            group_id=settings.topic_namespace + GROUP_ID,
+        app.state.engine = engine
+        app.state.consumer = runtime.consume(
+            group=GROUP_ID,
             topics=[ctx.topics.touchpoints],
             deserializer=JsonDeserializer(Touchpoint),
             handler=engine.handle,
-            publisher=publisher,
             dlq_topic=ctx.topics.touchpoints_dlq,
-            client_id="clm-stage-engine",
             max_batch=settings.stage_engine_batch_size,
-            transient=is_transient,
         )
-        app.state.engine = engine
-        app.state.consumer = loop
-        stop.clear()
+        runtime.relay(engine.relay)
+        runtime.task("timers", engine.run_timers(runtime.stopping, settings.stage_engine_timer_interval_s))
 
-        async def consume() -> None:
-            await ctx.topics_ready.wait()
-            await loop.run_forever()
-
-        tasks.extend(
-            [
-                asyncio.create_task(consume()),
-                asyncio.create_task(engine.run_relay(stop)),
-                asyncio.create_task(engine.run_timers(stop, settings.stage_engine_timer_interval_s)),
-            ]
-        )
-
-    async def on_stop(ctx: ServiceContext) -> None:
-        stop.set()
-        app.state.consumer.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        tasks.clear()
-        await publisher.stop()
-
+    on_start, on_stop = runtime_hooks(setup, client_id="clm-stage-engine")
     app = create_service_app(
         "stage-engine",
         settings,

@@ -28,10 +28,10 @@ from clm_shared.schemas.touchpoint import Touchpoint
 from clm_shared.serde import DecodeError, JsonDeserializer
 from clm_shared.settings import Settings
 from clm_shared.topics import Topics
+from clm_shared.transactions import transaction
 from stage_engine.app import GROUP_ID, MIGRATIONS
 from stage_engine.engine import Clock, StageEngine
 from stage_engine.erasure import erased_id_hash, erasure_key, rekey_unkeyed_hashes
-from stage_engine.repository import transaction
 from stage_engine.rules import load_rules
 
 ENGINE_TABLES = ("customers", "identities", "processed_messages", "history", "timers", "outbox")

@@ -1,19 +1,20 @@
 """PostgreSQL adapter: load what a batch needs (locking its customers), write back what it changed.
 
-The hot path talks to asyncpg directly (a connection from the SQLAlchemy pool, in an asyncpg
-transaction): array parameters (``= ANY($1)``, ``unnest``) and COPY instead of thousands of bound
-parameters, which profiling showed to be most of the engine's time.
+The hot path talks to asyncpg directly (``clm_shared.transactions``): array parameters and COPY
+instead of thousands of bound parameters, which profiling showed to be most of the engine's time.
+The dedup table, outbox and timers are the consumer toolkit's (``clm_shared``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
+from clm_shared.dedup import Dedup
+from clm_shared.outbox import Outbox
+from clm_shared.timers import Timers
+from clm_shared.transactions import Db
 from stage_engine.batch import BatchState
 from stage_engine.events import to_history_row, to_record
 from stage_engine.lifecycle import CustomerState, next_timer
@@ -34,17 +35,9 @@ HISTORY_COLUMNS = (
 )
 
 
-Db = Any  # an asyncpg connection (asyncpg ships no type hints)
-
-
-@asynccontextmanager
-async def transaction(engine: AsyncEngine) -> AsyncIterator[Db]:
-    """An asyncpg connection from the engine's pool, inside one transaction (committed on success)."""
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        db: Db = raw.driver_connection
-        async with db.transaction():
-            yield db
+DEDUP = Dedup()
+OUTBOX = Outbox()
+TIMERS = Timers()
 
 
 async def lock_customers(db: Db, ids: Iterable[str]) -> None:
@@ -75,10 +68,7 @@ async def load_batch(db: Db, ids: set[str], message_ids: Sequence[str]) -> Batch
         if await resolve(db, ids) == mapping:
             break
     loaded = await load_customers(db, canonical)
-    seen = await db.fetch(
-        "SELECT message_id FROM processed_messages WHERE message_id = ANY($1::text[])", list(message_ids)
-    )
-    return BatchState(loaded, mapping, {row[0] for row in seen})
+    return BatchState(loaded, mapping, await DEDUP.seen(db, message_ids))
 
 
 async def load_customers(db: Db, ids: Iterable[str]) -> dict[str, CustomerState]:
@@ -90,8 +80,8 @@ async def load_customers(db: Db, ids: Iterable[str]) -> dict[str, CustomerState]
     return {state.customer_id: state for state in states}
 
 
-async def save_batch(db: Db, state: BatchState, rules: Rules, topic: str) -> None:
-    """Write the batch's effects in the caller's transaction: state, history, outbox and timers together."""
+async def save_batch(db: Db, state: BatchState, rules: Rules, topic: str, now: datetime) -> None:
+    """Write the batch's effects in the caller's transaction: state, dedup, history, outbox and timers together."""
     touched = [state.customers[cid] for cid in sorted(state.touched) if cid in state.customers]
     if touched:
         await db.execute(
@@ -110,7 +100,7 @@ async def save_batch(db: Db, state: BatchState, rules: Rules, topic: str) -> Non
     if state.removed:
         removed = list(state.removed)
         await db.execute("DELETE FROM customers WHERE customer_id = ANY($1::text[])", removed)
-        await db.execute("DELETE FROM timers WHERE customer_id = ANY($1::text[])", removed)
+        await TIMERS.cancel(db, removed)
     if state.merged_into:
         await db.execute(
             """
@@ -130,21 +120,15 @@ async def save_batch(db: Db, state: BatchState, rules: Rules, topic: str) -> Non
             list(state.new_identities),
             list(state.new_identities.values()),
         )
-    if state.new_processed:
-        # No ON CONFLICT: if another engine recorded one of these meanwhile, this transaction fails
-        # and the batch is retried, and then finds it processed.
-        await db.copy_records_to_table(
-            "processed_messages", records=[(m,) for m in state.new_processed], columns=["message_id"]
-        )
+    # If another engine recorded one of these meanwhile, this fails (an outage-like DuplicateDelivery)
+    # and the batch is retried, and then finds it processed.
+    await DEDUP.remember(db, state.new_processed, now)
     if state.emitted:
         rows = [to_history_row(item) for item in state.emitted]
         await db.copy_records_to_table(
             "history", records=[tuple(_text(row[c]) for c in HISTORY_COLUMNS) for row in rows], columns=HISTORY_COLUMNS
         )
-        records = [to_record(item, topic) for item in state.emitted]
-        await db.copy_records_to_table(
-            "outbox", records=[(r.topic, r.key or b"", r.value) for r in records], columns=["topic", "key", "value"]
-        )
+        await OUTBOX.add(db, [to_record(item, topic) for item in state.emitted])
     await save_timers(db, touched, rules)
 
 
@@ -155,19 +139,8 @@ def _text(value: Any) -> Any:
 
 async def save_timers(db: Db, touched: Sequence[CustomerState], rules: Rules) -> None:
     due = {c.customer_id: next_timer(c, rules) for c in touched}
-    pending = [(cid, at) for cid, at in due.items() if at is not None]
-    done = [cid for cid, at in due.items() if at is None]
-    if pending:
-        await db.execute(
-            """
-            INSERT INTO timers (customer_id, due_at) SELECT * FROM unnest($1::text[], $2::timestamptz[])
-            ON CONFLICT (customer_id) DO UPDATE SET due_at = excluded.due_at
-            """,
-            [p[0] for p in pending],
-            [p[1] for p in pending],
-        )
-    if done:
-        await db.execute("DELETE FROM timers WHERE customer_id = ANY($1::text[])", done)
+    await TIMERS.schedule(db, {cid: at for cid, at in due.items() if at is not None})
+    await TIMERS.cancel(db, [cid for cid, at in due.items() if at is None])
 
 
 async def claim_due_timers(db: Db, now: datetime, limit: int) -> list[str]:
@@ -177,14 +150,4 @@ async def claim_due_timers(db: Db, now: datetime, limit: int) -> list[str]:
     for: a batch holds a customer's lock while it writes that customer's timer row, and waiting
     here would deadlock with it. A customer busy now is picked up on the next round.
     """
-    rows = await db.fetch(
-        """
-        WITH due AS (
-            SELECT customer_id FROM timers WHERE due_at <= $1 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED
-        )
-        SELECT customer_id FROM due WHERE pg_try_advisory_xact_lock(hashtextextended(customer_id, 0))
-        """,
-        now,
-        limit,
-    )
-    return [row[0] for row in rows]
+    return await TIMERS.claim_due(db, now, limit, try_key_locks=True)

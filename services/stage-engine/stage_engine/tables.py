@@ -10,7 +10,6 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     String,
     Table,
@@ -19,6 +18,8 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+
+from clm_shared.consumer_tables import dedup_table, outbox_table, timers_table
 
 metadata = MetaData()
 
@@ -42,12 +43,10 @@ identities = Table(
     Column("customer_id", Text, nullable=False, index=True),
 )
 
-processed_messages = Table(
-    "processed_messages",
-    metadata,
-    Column("message_id", Text, primary_key=True),
-    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now(), index=True),
-)
+# The consumer toolkit's tables: messageIds applied (dedup), inactivity timers per customer, outbox.
+processed_messages = dedup_table(metadata)
+timers = timers_table(metadata)
+outbox = outbox_table(metadata)
 
 # Stage, health and merge history: one row per published lifecycle event.
 history = Table(
@@ -65,22 +64,6 @@ history = Table(
     Column("message_id", Text, nullable=True),
     Column("event_time", DateTime(timezone=True), nullable=False),
     Index("history_customer_idx", "customer_id", "sequence"),
-)
-
-timers = Table(
-    "timers",
-    metadata,
-    Column("customer_id", Text, primary_key=True),
-    Column("due_at", DateTime(timezone=True), nullable=False, index=True),
-)
-
-outbox = Table(
-    "outbox",
-    metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column("topic", Text, nullable=False),
-    Column("key", LargeBinary, nullable=False),
-    Column("value", LargeBinary, nullable=False),
 )
 
 # What erasure leaves: how many customers were erased at which stage and health, nothing personal.

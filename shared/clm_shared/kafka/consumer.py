@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
-from clm_shared.kafka.producer import OutgoingRecord, Publisher
+from clm_shared.kafka.producer import OutgoingRecord, RecordPublisher
 from clm_shared.serde import DecodeError, Headers
+from clm_shared.transient import is_transient
 
 log = structlog.get_logger(__name__)
 
@@ -47,10 +48,54 @@ Deserializer = Callable[..., T]
 BatchHandler = Callable[[Sequence[Consumed[T]]], Awaitable[None]]
 
 
+class KafkaConsumer(Protocol):
+    """The part of AIOKafkaConsumer the loop uses (tests pass a fake)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = ..., max_records: int | None = ...
+    ) -> Any: ...
+
+    def assignment(self) -> Any: ...
+
+    async def commit(self, offsets: Any = ...) -> None: ...
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    """What a consumer factory needs to build the loop's Kafka consumer."""
+
+    bootstrap: str
+    group_id: str
+    client_id: str
+    topics: Sequence[str]
+
+
+def kafka_consumer(config: ConsumerConfig) -> KafkaConsumer:
+    """The default factory: a group member that commits by hand and reads only committed records."""
+    consumer: KafkaConsumer = AIOKafkaConsumer(
+        *config.topics,
+        bootstrap_servers=config.bootstrap,
+        group_id=config.group_id,
+        client_id=config.client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    return consumer
+
+
+ConsumerFactory = Callable[[ConsumerConfig], KafkaConsumer]
+
+
 class ConsumerLoop(Generic[T]):
     """Runs until ``stop()``; offsets are committed only after the handler returned for the batch.
 
-    A transient failure (``transient(exc)`` is true: the database or broker is away) is retried with
+    A transient failure (``transient(exc)`` is true: the database or broker is away; by default
+    ``clm_shared.transient.is_transient``) is retried with
     backoff for as long as it lasts, and nothing is committed or dead-lettered meanwhile. Any other
     handler failure is retried ``retries`` times; then the batch is handled one record at a time
     and each record that still fails is dead-lettered, so one bad record never stalls a partition.
@@ -64,14 +109,15 @@ class ConsumerLoop(Generic[T]):
         topics: Sequence[str],
         deserializer: Deserializer[T],
         handler: BatchHandler[T],
-        publisher: Publisher,
+        publisher: RecordPublisher,
         dlq_topic: str,
         client_id: str,
         max_batch: int = 500,
         poll_timeout_ms: int = 200,
         retries: int = 3,
         retry_backoff_s: float = 0.2,
-        transient: Callable[[Exception], bool] = lambda exc: isinstance(exc, OSError | TimeoutError),
+        transient: Callable[[Exception], bool] = is_transient,
+        consumer_factory: ConsumerFactory = kafka_consumer,
     ) -> None:
         self._bootstrap = bootstrap
         self.group_id = group_id
@@ -86,6 +132,7 @@ class ConsumerLoop(Generic[T]):
         self._retries = retries
         self._retry_backoff_s = retry_backoff_s
         self._transient = transient
+        self._consumer_factory = consumer_factory
         self._stopping = asyncio.Event()
         self.assigned = asyncio.Event()
 
@@ -94,14 +141,8 @@ class ConsumerLoop(Generic[T]):
         self._stopping.set()
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(
-            *self._topics,
-            bootstrap_servers=self._bootstrap,
-            group_id=self.group_id,
-            client_id=self._client_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
+        consumer = self._consumer_factory(
+            ConsumerConfig(self._bootstrap, self.group_id, self._client_id, tuple(self._topics))
         )
         await consumer.start()
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -23,6 +24,14 @@ class OutgoingRecord:
     value: bytes
     key: bytes | None = None
     headers: Sequence[tuple[str, bytes]] = field(default_factory=tuple)
+
+
+class RecordPublisher(Protocol):
+    """Where a consumer loop sends dead letters and a relay sends the outbox (tests pass a fake)."""
+
+    async def publish(self, record: OutgoingRecord) -> None: ...
+
+    async def publish_many(self, records: Sequence[OutgoingRecord]) -> None: ...
 
 
 class Publisher:

@@ -48,6 +48,15 @@ class EventType(StrEnum):
     CAMPAIGN_CONVERTED = "clm.campaign.converted"
 
 
+# What a subscriber of ``clm.stage-changes.v1`` accepts; campaign events join when campaigns publish them.
+LIFECYCLE_EVENT_TYPES: frozenset[str] = frozenset(
+    {EventType.STAGE_CHANGED, EventType.HEALTH_CHANGED, EventType.CUSTOMER_MERGED, EventType.CUSTOMER_ERASED}
+)
+CAMPAIGN_EVENT_TYPES: frozenset[str] = frozenset(
+    {EventType.CAMPAIGN_SENT, EventType.CAMPAIGN_FAILED, EventType.CAMPAIGN_CONVERTED}
+)
+
+
 class _ChangeData(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -1,0 +1,70 @@
+"""Drop records applied before: their ids are remembered in the consumer's own table for a window.
+
+Everything runs in the caller's batch transaction, trimming included: each batch forgets more
+expired ids than it remembers, so the table stays bounded at any input rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+from prometheus_client import Counter
+
+from clm_shared.consumer_tables import DEDUP_TABLE
+from clm_shared.transactions import Db
+from clm_shared.transient import TransientError
+
+FORGOTTEN = Counter("clm_dedup_forgotten_total", "Ids dropped from a dedup table after their window.", ["table"])
+
+
+class DuplicateDelivery(TransientError):
+    """Another consumer recorded one of the batch's ids meanwhile (a rebalance): the retry skips it."""
+
+
+@dataclass(frozen=True)
+class Dedup:
+    """One dedup table; ``trim_per_id`` expired ids are forgotten per id remembered (at least ``trim_min``)."""
+
+    table: str = DEDUP_TABLE
+    trim_per_id: int = 2
+    trim_min: int = 1000
+
+    async def seen(self, db: Db, ids: Iterable[str]) -> set[str]:
+        """Which of these ids were applied already."""
+        wanted = list(set(ids))
+        if not wanted:
+            return set()
+        rows = await db.fetch(f"SELECT message_id FROM {self.table} WHERE message_id = ANY($1::text[])", wanted)
+        return {row[0] for row in rows}
+
+    async def remember(self, db: Db, ids: Sequence[str], at: datetime) -> None:
+        """Record ids as applied; if another consumer recorded one meanwhile, the transaction must retry."""
+        if not ids:
+            return
+        try:
+            # No ON CONFLICT: a concurrent writer of the same id must fail this batch, not double-apply it.
+            await db.copy_records_to_table(
+                self.table, records=[(i, at) for i in ids], columns=["message_id", "processed_at"]
+            )
+        except asyncpg.exceptions.UniqueViolationError as exc:
+            raise DuplicateDelivery(f"an id of this batch was applied meanwhile: {exc}") from exc
+
+    async def forget_before(self, db: Db, cutoff: datetime, limit: int) -> int:
+        """Forget up to ``limit`` ids applied before ``cutoff``; rows another transaction trims are skipped."""
+        status = await db.execute(
+            f"DELETE FROM {self.table} WHERE message_id IN (SELECT message_id FROM {self.table}"
+            " WHERE processed_at < $1 ORDER BY processed_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            cutoff,
+            limit,
+        )
+        forgotten = int(status.split()[-1])
+        if forgotten:
+            FORGOTTEN.labels(self.table).inc(forgotten)
+        return forgotten
+
+    async def trim(self, db: Db, cutoff: datetime, remembered: int) -> int:
+        """The batch's share of trimming: more than it remembered, so the table cannot grow past the window."""
+        return await self.forget_before(db, cutoff, max(self.trim_min, self.trim_per_id * remembered))

@@ -1,0 +1,98 @@
+"""The stage engine on the consumer toolkit's tables: revision 0004 keeps the data; the dedup table stays bounded."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clm_shared.db import create_engine, service_schema
+from clm_shared.kafka.consumer import Consumed
+from clm_shared.kafka.producer import OutgoingRecord, Publisher
+from clm_shared.migrations import apply_migrations
+from clm_shared.settings import Settings
+from clm_shared.topics import Topics
+from stage_engine.app import MIGRATIONS
+from stage_engine.engine import StageEngine
+from stage_engine.rules import load_rules
+from tests.utils.factories import touchpoint
+from tests.utils.kafka import read_records
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class FakeClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(settings.database_url, schema=service_schema(settings, "stage-engine"))
+    yield engine
+    await engine.dispose()
+
+
+async def scalar(engine: AsyncEngine, sql: str) -> object:
+    async with engine.connect() as conn:
+        return await conn.scalar(text(sql))
+
+
+async def test_revision_0004_keeps_the_queued_outbox_rows_timers_and_message_ids(
+    settings: Settings, topics: Topics, db: AsyncEngine
+) -> None:
+    schema = service_schema(settings, "stage-engine")
+    await apply_migrations(db, script_location=MIGRATIONS, schema=schema, revision="0003")
+    async with db.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO outbox (topic, key, value) VALUES (:t, 'u1', :v)"),
+            {"t": topics.stage_changes, "v": b'{"queued": "before 0004"}'},
+        )
+        await conn.execute(text("INSERT INTO timers (customer_id, due_at) VALUES ('u1', :at)"), {"at": T0})
+        await conn.execute(text("INSERT INTO processed_messages (message_id) VALUES ('m1')"))
+    await apply_migrations(db, script_location=MIGRATIONS, schema=schema)
+
+    assert await scalar(db, "SELECT timer_id FROM timers WHERE due_at = '2026-01-01T00:00:00Z'") == "u1"
+    assert await scalar(db, "SELECT count(*) FROM processed_messages WHERE message_id = 'm1'") == 1
+    # The queued row is published as before, with the CloudEvents content type the relay used to add.
+    publisher = Publisher(settings.kafka_bootstrap, client_id="test")
+    engine = StageEngine(db, load_rules(), publisher, topics.stage_changes, FakeClock(T0))
+    try:
+        assert await engine.relay_once() == 1
+    finally:
+        await publisher.stop()
+    (record,) = await read_records(settings.kafka_bootstrap, topics.stage_changes, expected=1)
+    assert (record.key, record.value) == (b"u1", b'{"queued": "before 0004"}')
+    assert dict(record.headers) == {"content-type": b"application/cloudevents+json"}
+
+
+class NoPublisher:
+    async def publish(self, record: OutgoingRecord) -> None:
+        raise AssertionError("not expected")
+
+    async def publish_many(self, records: object) -> None:
+        raise AssertionError("not expected")
+
+
+async def test_the_engines_dedup_table_stays_bounded_under_a_sustained_input(
+    settings: Settings, topics: Topics, db: AsyncEngine
+) -> None:
+    await apply_migrations(db, script_location=MIGRATIONS, schema=service_schema(settings, "stage-engine"))
+    clock = FakeClock(T0)
+    window = timedelta(minutes=5)
+    engine = StageEngine(db, load_rules(), NoPublisher(), topics.stage_changes, clock, dedup_window=window)
+    per_minute = 400
+    sizes = []
+    for _ in range(20):  # 8,000 messages, at most 5-6 minutes' worth remembered
+        batch = [touchpoint("Product Viewed", customer=f"c{i % 50}", at=clock.now) for i in range(per_minute)]
+        await engine.handle([Consumed("t", 0, n, None, tp, 0) for n, tp in enumerate(batch)])
+        clock.now += timedelta(minutes=1)
+        sizes.append(int(str(await scalar(db, "SELECT count(*) FROM processed_messages"))))
+    assert max(sizes) <= 6 * per_minute
+    assert sizes[-1] == sizes[-5]  # level, not growing
