@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -21,31 +20,22 @@ from clm_shared.access.tokens import (
     migrate_access,
     revoke_token,
 )
-from clm_shared.db import create_engine
-from clm_shared.settings import load_settings_or_exit
+from clm_shared.operator_commands import run_on_database
+from clm_shared.settings import Settings
 
 tokens_app = typer.Typer(help="API tokens for the services' HTTP APIs.", no_args_is_help=True)
 console = Console()
 T = TypeVar("T")
 
 
+async def _migrated(settings: Settings, engine: AsyncEngine) -> AsyncEngine:
+    # Tokens can be made before any service ran: the access schema is created here if needed.
+    await migrate_access(engine, settings)
+    return access_engine(engine, settings)
+
+
 def _with_engine(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    settings = load_settings_or_exit()
-
-    async def run() -> T:
-        engine = create_engine(settings.database_url, schema="public", pool_size=1)
-        try:
-            # Tokens can be made before any service ran: the access schema is created here if needed.
-            await migrate_access(engine, settings)
-            return await work(access_engine(engine, settings))
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(run())
-    except OSError as exc:
-        console.print(f"[red]error:[/red] PostgreSQL is unreachable ({exc}); is it running? (`make up`)")
-        raise typer.Exit(1) from None
+    return run_on_database(work, schema=lambda settings: "public", prepare=_migrated, console=console)
 
 
 @tokens_app.command("create")

@@ -22,19 +22,12 @@ from clm_shared.settings import Settings
 from clm_shared.timers import Timers
 from clm_shared.topics import Topics
 from clm_shared.transactions import transaction
+from tests.utils.clock import FakeClock
 from tests.utils.kafka import read_records
 from tests.utils.toolkit_consumer import applied_rows, apply_stage_changes, stage_change, toolkit_schema
 from tests.waiting import wait_for
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -11,9 +10,10 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_shared.db import create_engine, service_schema
+from clm_shared.db import service_schema
 from clm_shared.migrations import apply_migrations
-from clm_shared.settings import load_settings_or_exit
+from clm_shared.operator_commands import run_on_database
+from clm_shared.settings import Settings
 from ingest.app import MIGRATIONS
 from ingest.keys import KeyNameTaken, UnknownKey, create_key, list_keys, revoke_key
 
@@ -22,24 +22,16 @@ console = Console()
 T = TypeVar("T")
 
 
+async def _migrated(settings: Settings, engine: AsyncEngine) -> AsyncEngine:
+    # Keys can be made before ingest ever ran: its tables are created here if needed.
+    await apply_migrations(engine, script_location=MIGRATIONS, schema=service_schema(settings, "ingest"))
+    return engine
+
+
 def _with_engine(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    settings = load_settings_or_exit()
-    schema = service_schema(settings, "ingest")
-
-    async def run() -> T:
-        engine = create_engine(settings.database_url, schema=schema, pool_size=1)
-        try:
-            # Keys can be made before ingest ever ran: its tables are created here if needed.
-            await apply_migrations(engine, script_location=MIGRATIONS, schema=schema)
-            return await work(engine)
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(run())
-    except OSError as exc:
-        console.print(f"[red]error:[/red] PostgreSQL is unreachable ({exc}); is it running? (`make up`)")
-        raise typer.Exit(1) from None
+    return run_on_database(
+        work, schema=lambda settings: service_schema(settings, "ingest"), prepare=_migrated, console=console
+    )
 
 
 @keys_app.command("create")

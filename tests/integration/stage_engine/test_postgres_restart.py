@@ -19,7 +19,8 @@ from stage_engine.lifecycle import CustomerState
 from stage_engine.memory import InMemoryEngine
 from stage_engine.rules import load_rules
 from tests.conftest import drop_schemas
-from tests.integration.stage_engine.test_stage_engine import T0, FakeClock
+from tests.integration.stage_engine.test_stage_engine import T0
+from tests.utils.clock import FakeClock
 from tests.utils.engine_state import processed_count, snapshot
 from tests.utils.factories import touchpoint
 from tests.utils.kafka import topic_size

@@ -15,8 +15,9 @@ from clm_shared.topics import Topics
 from stage_engine.erasure import erased_id_hash
 from stage_engine.rebuild import RebuildRefused, rebuild
 from tests.integration.stage_engine.test_recovery import _is, publish, running_engine
-from tests.integration.stage_engine.test_stage_engine import T0, FakeClock
+from tests.integration.stage_engine.test_stage_engine import T0
 from tests.secret_watch import remember_secret
+from tests.utils.clock import FakeClock
 from tests.utils.engine_state import processed_count, snapshot
 from tests.utils.factories import touchpoint
 from tests.waiting import wait_for

@@ -25,7 +25,8 @@ from stage_engine.app import create_app
 from stage_engine.memory import InMemoryEngine
 from stage_engine.rebuild import RebuildRefused, rebuild
 from stage_engine.rules import load_rules
-from tests.integration.stage_engine.test_stage_engine import T0, FakeClock
+from tests.integration.stage_engine.test_stage_engine import T0
+from tests.utils.clock import FakeClock
 from tests.utils.engine_state import processed_count, snapshot
 from tests.utils.factories import touchpoint
 from tests.utils.kafka import read_records

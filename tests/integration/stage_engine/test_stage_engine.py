@@ -17,19 +17,12 @@ from clm_shared.topics import Topics
 from ingest.app import create_app as create_ingest
 from ingest.keys import create_key
 from stage_engine.app import create_app as create_engine_app
+from tests.utils.clock import FakeClock
 from tests.utils.kafka import read_records
 from tests.utils.tokens import bearer, create_api_token
 from tests.waiting import wait_for
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @dataclass

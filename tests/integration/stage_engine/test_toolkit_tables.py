@@ -18,18 +18,11 @@ from clm_shared.topics import Topics
 from stage_engine.app import MIGRATIONS
 from stage_engine.engine import StageEngine
 from stage_engine.rules import load_rules
+from tests.utils.clock import FakeClock
 from tests.utils.factories import touchpoint
 from tests.utils.kafka import read_records
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
