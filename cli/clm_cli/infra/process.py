@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,19 +23,54 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def free_port() -> int:
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int = 1) -> int:
+    """The first of ``count`` adjacent free ports, chosen below the kernel's ephemeral range.
+
+    A port the kernel handed out (bind to 0) lies in that range, where any outgoing connection of
+    a busy test run can take it before the server binds it; ports below the range only servers use.
+    """
+    low, _ = _ephemeral_ports()
+    floor = 10000
+    if low - count <= floor:  # an unusual range: fall back to the kernel's choice
+        for _ in range(50):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
+            if all(_bindable(port + i) for i in range(1, count)):
+                return port
+    else:
+        for _ in range(200):
+            port = random.randint(floor, low - count)
+            if all(_bindable(port + i) for i in range(count)):
+                return port
+    raise InfraError(f"no {count} adjacent free ports on 127.0.0.1")
+
+
+def free_port() -> int:
+    return free_ports(1)
 
 
 def two_free_ports() -> int:
     """A free port whose next port is free too (a Kafka broker's controller listens there)."""
-    for _ in range(50):
-        port = free_port()
-        if not port_in_use(port + 1):
-            return port
-    raise InfraError("no two adjacent free ports on 127.0.0.1")
+    return free_ports(2)
 
 
 def _stat_fields(pid: int) -> list[str] | None:
