@@ -52,7 +52,7 @@ def test_free_ports_are_below_the_range_outgoing_connections_take_theirs_from() 
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(20):
         port = free_ports(2)
-        assert 10000 <= port and port + 1 < low
+        assert port >= 10000 and port + 1 < low
         for candidate in (port, port + 1):
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", candidate))  # both really are free
