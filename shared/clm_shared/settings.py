@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     stage_engine_timer_interval_s: float = Field(
         1.0, gt=0, le=3600, description="How often the stage engine looks for due inactivity timers."
     )
+    metrics_dedup_days: float = Field(
+        30, gt=0, le=3650, description="How long the metrics service remembers an event id to drop duplicates."
+    )
+    metrics_clv_refit_interval_s: float = Field(
+        3600, ge=10, le=7 * 86400, description="How often the metrics service refits the predicted-CLV model."
+    )
     erasure_key: SecretStr | None = Field(
         None,
         description="Key of the keyed hash that erased ids are remembered by; generated into <data dir>/erasure-key"

@@ -54,7 +54,8 @@ async def test_clm_up_brings_all_four_services_to_ready_and_sigint_stops_them(
             health = (await client.get(f"http://127.0.0.1:{port}/healthz")).json()
             assert health == {"status": "ok", "service": name}
             ready = (await client.get(f"http://127.0.0.1:{port}/readyz")).json()
-            consumers = {"consumer:stage-engine": True} if name == "stage-engine" else {}
+            groups = {"stage-engine": ["stage-engine"], "metrics": ["metrics", "metrics-lifecycle"]}.get(name, [])
+            consumers = {f"consumer:{group}": True for group in groups}
             assert ready["checks"] == {"postgres": True, "kafka": True, "topics": True, **consumers}
             metrics = await client.get(f"http://127.0.0.1:{port}/metrics")
             assert metrics.headers["content-type"].startswith("text/plain")

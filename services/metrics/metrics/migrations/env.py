@@ -1,7 +1,6 @@
-"""Alembic environment of metrics: no tables yet, so the history is empty."""
-
-from sqlalchemy import MetaData
+"""Alembic environment of the metrics service."""
 
 from clm_shared.migrations import run_env
+from metrics.tables import metadata
 
-run_env(MetaData())
+run_env(metadata)

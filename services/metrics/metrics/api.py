@@ -1,0 +1,184 @@
+"""Metrics API: series of any metric over a window, the funnel, cohorts and CLV (a read token for each)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clm_shared.transactions import transaction
+from metrics import queries
+from metrics.definitions import METRICS, Kind
+from metrics.formulas import Window
+
+router = APIRouter(prefix="/v1", tags=["metrics"])
+
+GRANULARITIES = ("day", "week", "month")
+MAX_BUCKETS = 1000
+
+
+def _engine(request: Request) -> AsyncEngine:
+    return request.app.state.ctx.engine  # type: ignore[no-any-return]
+
+
+Engine = Annotated[AsyncEngine, Depends(_engine)]
+
+
+def bad(parameter: str, message: str) -> HTTPException:
+    return HTTPException(400, {"parameter": parameter, "message": message})
+
+
+def parse_day(value: str | None, parameter: str, default: date) -> date:
+    if value is None:
+        return default
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise bad(parameter, "expected a date, YYYY-MM-DD") from None
+
+
+def parse_instant(value: str | None, parameter: str) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad(parameter, "expected a date or an ISO 8601 time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def parse_range(start: str | None, end: str | None) -> tuple[date, date]:
+    today = datetime.now(UTC).date()
+    last = parse_day(end, "to", today + timedelta(days=1))
+    first = parse_day(start, "from", last - timedelta(days=30))
+    if first >= last:
+        raise bad("from", "must be before `to` (windows are [from, to))")
+    return first, last
+
+
+class Point(BaseModel):
+    start: date
+    value: float | None
+
+
+class Series(BaseModel):
+    stage: str
+    kind: Kind
+    total: float | None
+    series: list[Point]
+
+
+class MetricsAnswer(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    from_: date = Field(alias="from")
+    to: date
+    granularity: str
+    source: str | None
+    metrics: dict[str, Series]
+
+
+@router.get("/metrics/names")
+async def metric_names() -> dict[str, list[dict[str, str]]]:
+    """Every metric: name, stage, kind and definition."""
+    return {
+        "metrics": [
+            {"name": m.name, "stage": m.stage, "kind": m.kind, "description": m.description} for m in METRICS.values()
+        ]
+    }
+
+
+@router.get("/metrics", response_model=MetricsAnswer)
+async def metrics(
+    engine: Engine,
+    names: str | None = None,
+    start: Annotated[str | None, Query(alias="from", description="First day (default: 30 days before `to`).")] = None,
+    end: Annotated[str | None, Query(alias="to", description="Day after the last (default: tomorrow).")] = None,
+    granularity: str = "day",
+    source: str | None = None,
+) -> MetricsAnswer:
+    """A series per metric over ``[from, to)`` in buckets of the granularity, and its value over the whole window.
+
+    ``source`` keeps the customers whose first touch carried that ``context.campaign.source``.
+    """
+    wanted = [n.strip() for n in (names or ",".join(METRICS)).split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in METRICS]
+    if unknown or not wanted:
+        raise bad("names", f"unknown metric(s) {', '.join(unknown) or '(none)'}; see /v1/metrics/names")
+    if granularity not in GRANULARITIES:
+        raise bad("granularity", f"must be one of {', '.join(GRANULARITIES)}")
+    first, last = parse_range(start, end)
+    buckets = queries.day_windows(first, last, granularity)
+    if len(buckets) > MAX_BUCKETS:
+        raise bad("granularity", f"{len(buckets)} buckets; at most {MAX_BUCKETS}: use a coarser granularity")
+    whole = Window(queries.midnight(first), queries.midnight(last))
+    async with transaction(engine) as db:
+        values = await queries.compute(db, wanted, [*buckets, whole], source)
+    return MetricsAnswer(
+        from_=first,
+        to=last,
+        granularity=granularity,
+        source=source,
+        metrics={
+            name: Series(
+                stage=METRICS[name].stage,
+                kind=METRICS[name].kind,
+                total=values[name][-1],
+                series=[Point(start=w.start.date(), value=v) for w, v in zip(buckets, values[name], strict=False)],
+            )
+            for name in wanted
+        },
+    )
+
+
+@router.get("/stages")
+async def stages(
+    engine: Engine,
+    start: Annotated[str | None, Query(alias="from")] = None,
+    end: Annotated[str | None, Query(alias="to")] = None,
+    granularity: str = "day",
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Customers at each stage at the end of each bucket."""
+    if granularity not in GRANULARITIES:
+        raise bad("granularity", f"must be one of {', '.join(GRANULARITIES)}")
+    first, last = parse_range(start, end)
+    buckets = queries.day_windows(first, last, granularity)
+    if len(buckets) > MAX_BUCKETS:
+        raise bad("granularity", f"{len(buckets)} buckets; at most {MAX_BUCKETS}: use a coarser granularity")
+    async with transaction(engine) as db:
+        counts = await queries.stage_series(db, [w.end for w in buckets])
+    return {
+        "series": {
+            stage: [{"start": w.start.date().isoformat(), "value": v} for w, v in zip(buckets, values, strict=True)]
+            for stage, values in counts.items()
+        }
+    }
+
+
+@router.get("/funnel")
+async def funnel(engine: Engine, at: str | None = None) -> dict[str, Any]:
+    """Customers per current stage and who reached each, conversion and median days between stages."""
+    instant = parse_instant(at, "at")
+    async with transaction(engine) as db:
+        stages, share = await queries.funnel(db, instant)
+    return {
+        "at": instant.isoformat().replace("+00:00", "Z"),
+        "stages": [s.__dict__ for s in stages],
+        "top20_revenue_share": share,
+    }
+
+
+@router.get("/cohorts")
+async def cohorts(
+    engine: Engine,
+    start: Annotated[str | None, Query(alias="from")] = None,
+    end: Annotated[str | None, Query(alias="to")] = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Monthly cohorts by first order in ``[from, to)``: share with an order k months later (index 0: the month)."""
+    first, last = parse_range(start, end)
+    async with transaction(engine) as db:
+        rows = await queries.cohorts(db, first, last - timedelta(days=1))
+    return {"cohorts": [{"cohort": c, "customers": n, "retention": shares} for c, n, shares in rows]}
