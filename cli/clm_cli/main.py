@@ -20,6 +20,7 @@ from clm_shared.access.tokens import ADMIN_TOKEN_FILE, TOKEN_PREFIX
 from clm_shared.secrets import read_or_create_secret
 from clm_shared.settings import Settings, load_settings_or_exit
 from ingest.cli import keys_app
+from metrics.cli import metrics_app
 from stage_engine.cli import stage_engine_app
 
 app = typer.Typer(help="Customer lifecycle platform.", no_args_is_help=True, add_completion=False)
@@ -28,6 +29,7 @@ app.add_typer(infra_app, name="infra")
 app.add_typer(keys_app, name="keys")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(stage_engine_app, name="stage-engine")
+app.add_typer(metrics_app, name="metrics")
 
 console = Console(stderr=True)
 T = TypeVar("T")

@@ -16,13 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 
 from clm_shared.db import create_engine, service_schema
-from clm_shared.kafka.admin import group_members, partitions_of
 from clm_shared.kafka.consumer import Consumed
 from clm_shared.kafka.producer import Publisher
+from clm_shared.kafka.replay import CommittedBacklog, GroupRunning, refuse_while_group_runs
 from clm_shared.migrations import apply_migrations
 from clm_shared.schemas.touchpoint import Touchpoint
 from clm_shared.serde import DecodeError, JsonDeserializer
@@ -51,11 +50,12 @@ async def rebuild(settings: Settings, *, clock: Clock, progress: Progress = lamb
     schema = service_schema(settings, "stage-engine")
     topics = Topics(settings.topic_namespace)
     db = create_engine(settings.database_url, schema=schema)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=settings.topic_namespace + GROUP_ID,
-        enable_auto_commit=False,
+    backlog = CommittedBacklog(
+        settings.kafka_bootstrap,
+        settings.topic_namespace + GROUP_ID,
+        [topics.touchpoints],
         client_id="clm-stage-engine-rebuild",
+        batch=settings.stage_engine_batch_size,
     )
     deserialize = JsonDeserializer(Touchpoint)
     engine = StageEngine(
@@ -81,42 +81,22 @@ async def rebuild(settings: Settings, *, clock: Clock, progress: Progress = lamb
                 )
             erased = {row[0]: row[1] for row in await conn.execute(text("SELECT id_hash, erased_at FROM erased_ids"))}
             await conn.execute(text(f"TRUNCATE {', '.join(ENGINE_TABLES)} RESTART IDENTITY"))
-        await consumer.start()
-        partitions = [
-            TopicPartition(topics.touchpoints, p)
-            for p in await partitions_of(settings.kafka_bootstrap, topics.touchpoints)
-        ]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        starts = await consumer.beginning_offsets(partitions)
-        # Exactly what the engine had applied: its committed offsets (nothing for a partition it never committed).
-        ends = {tp: max(starts[tp], (await consumer.committed(tp)) or 0) for tp in partitions}
-        total = sum(ends[tp] - starts[tp] for tp in partitions)
-        remaining = {tp for tp in partitions if ends[tp] > starts[tp]}
-        while remaining:
-            fetched = await consumer.getmany(*remaining, timeout_ms=1000, max_records=settings.stage_engine_batch_size)
+        async for records in backlog.batches():
             batch: list[Consumed[Touchpoint]] = []
-            for tp, records in fetched.items():
-                for record in records:
-                    if record.offset >= ends[tp]:
-                        continue
-                    seen += 1
-                    try:
-                        value = deserialize(record.value)
-                    except DecodeError:
-                        undecodable += 1  # the live engine dead-lettered it already
-                        continue
-                    if was_erased(value, erased, key):
-                        skipped += 1
-                        continue
-                    batch.append(
-                        Consumed(record.topic, record.partition, record.offset, record.key, value, record.timestamp)
-                    )
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
+            for record in records:
+                seen += 1
+                try:
+                    value = deserialize(record.value)
+                except DecodeError:
+                    undecodable += 1  # the live engine dead-lettered it already
+                    continue
+                if was_erased(value, erased, key):
+                    skipped += 1
+                    continue
+                batch.append(Consumed.of(record, value))
             if batch:
                 await engine.handle(batch)
-            progress(seen, total)
+            progress(seen, backlog.total)
         async with db.begin() as conn:
             await conn.execute(text("TRUNCATE outbox"))  # published when they were first computed
         while await engine.fire_timers():
@@ -125,7 +105,6 @@ async def rebuild(settings: Settings, *, clock: Clock, progress: Progress = lamb
             changes = await conn.scalar(text("SELECT count(*) FROM history"))
             customers = await conn.scalar(text("SELECT count(*) FROM customers"))
     finally:
-        await consumer.stop()
         await db.dispose()
     return RebuildReport(seen, undecodable, skipped, int(customers or 0), int(changes or 0))
 
@@ -136,13 +115,10 @@ class RebuildRefused(RuntimeError):
 
 async def refuse_while_engines_run(settings: Settings) -> None:
     """Truncating the tables under a running engine would corrupt them: its consumer group must be empty."""
-    group = settings.topic_namespace + GROUP_ID
-    members = await group_members(settings.kafka_bootstrap, group)
-    if members:
-        raise RebuildRefused(
-            f"{len(members)} stage engine consumer(s) are running in group {group!r} ({', '.join(sorted(members))}):"
-            " stop the stage engine (`clm down`, or stop its processes), then rebuild"
-        )
+    try:
+        await refuse_while_group_runs(settings.kafka_bootstrap, settings.topic_namespace + GROUP_ID, "stage engine")
+    except GroupRunning as exc:
+        raise RebuildRefused(str(exc)) from None
 
 
 def was_erased(tp: Touchpoint, erased: dict[str, datetime], key: bytes) -> bool:

@@ -43,6 +43,10 @@ class Consumed(Generic[T]):
     value: T
     timestamp_ms: int
 
+    @classmethod
+    def of(cls, record: ConsumerRecord[bytes, bytes], value: T) -> Consumed[T]:
+        return cls(record.topic, record.partition, record.offset, record.key, value, record.timestamp)
+
 
 Deserializer = Callable[..., T]
 BatchHandler = Callable[[Sequence[Consumed[T]]], Awaitable[None]]
@@ -183,9 +187,7 @@ class ConsumerLoop(Generic[T]):
                 except DecodeError as exc:
                     dead.append(self._dead_letter_record(record, f"decode: {exc}", reason="decode"))
                     continue
-                decoded.append(
-                    Consumed(record.topic, record.partition, record.offset, record.key, value, record.timestamp)
-                )
+                decoded.append(Consumed.of(record, value))
         # One acknowledged send for the batch's poison records, before its offsets can be committed.
         await self._publisher.publish_many(dead)
         if decoded:

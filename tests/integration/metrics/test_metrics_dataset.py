@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,7 @@ from clm_shared.topics import Topics
 from ingest.app import create_app as create_ingest
 from ingest.keys import create_key
 from metrics.app import create_app as create_metrics
+from metrics.rebuild import RebuildRefused, rebuild
 from stage_engine.app import create_app as create_engine_app
 from tests.utils.clock import FakeClock
 from tests.utils.tokens import bearer, create_api_token
@@ -206,8 +208,9 @@ async def settled(settings: Settings) -> bool:
     return applied == engine_applied == unique and outbox == 0 and published > 0 and events >= published
 
 
-@pytest.fixture
-async def shop(settings: Settings, topics: Topics) -> AsyncIterator[Shop]:
+@asynccontextmanager
+async def running_shop(settings: Settings, *, send: bool = True) -> AsyncIterator[Shop]:
+    """Ingest, the stage engine and metrics in-process; the dataset sent and applied when ``send``."""
     clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
     ingest_app, engine_app = create_ingest(settings), create_engine_app(settings, clock=clock)
     metrics_app = create_metrics(settings)
@@ -216,7 +219,7 @@ async def shop(settings: Settings, topics: Topics) -> AsyncIterator[Shop]:
         engine_app.router.lifespan_context(engine_app),
         metrics_app.router.lifespan_context(metrics_app),
     ):
-        key = await create_key(ingest_app.state.ctx.engine, name="shop")
+        key = await create_key(ingest_app.state.ctx.engine, name=f"shop-{uuid.uuid4().hex[:6]}")
         token = await create_api_token(metrics_app)
         async with (
             httpx.AsyncClient(transport=httpx.ASGITransport(app=ingest_app), base_url="http://i", auth=(key, "")) as i,
@@ -228,10 +231,17 @@ async def shop(settings: Settings, topics: Topics) -> AsyncIterator[Shop]:
             ) as m,
         ):
             shop = Shop(i, e, m, settings)
-            answer = await i.post("/v1/batch", content=orjson.dumps({"batch": EVENTS}))
-            assert answer.status_code == 200, answer.text
+            if send:
+                answer = await i.post("/v1/batch", content=orjson.dumps({"batch": EVENTS}))
+                assert answer.status_code == 200, answer.text
             await wait_for(lambda: settled(settings), timeout_s=60, what="every event applied by metrics")
             yield shop
+
+
+@pytest.fixture
+async def shop(settings: Settings, topics: Topics) -> AsyncIterator[Shop]:
+    async with running_shop(settings) as shop:
+        yield shop
 
 
 def approx(value: float | None, expected: float) -> bool:
@@ -323,3 +333,26 @@ async def test_an_erased_customer_leaves_counts_but_nothing_that_names_them(shop
     await wait_for(gone, timeout_s=60, what="c1's facts re-keyed")
     body = await shop.get("/v1/metrics", **{"from": "2026-01-01", "to": "2026-04-01", "names": "average_order_value"})
     assert approx(body["metrics"]["average_order_value"]["total"], 1430 / 15)
+
+
+async def everything(shop: Shop) -> list[Any]:
+    window = {"from": "2026-01-01", "to": "2026-04-01"}
+    return [
+        await shop.get("/v1/metrics", granularity="week", **window),
+        await shop.get("/v1/funnel", at="2026-04-01T00:00:00Z"),
+        await shop.get("/v1/cohorts", **window),
+        await shop.get("/v1/stages", granularity="week", **window),
+    ]
+
+
+async def test_a_rebuild_from_the_topics_gives_the_same_metrics_and_is_refused_while_metrics_run(
+    settings: Settings, topics: Topics
+) -> None:
+    async with running_shop(settings) as shop:
+        before = await everything(shop)
+        with pytest.raises(RebuildRefused, match="metrics service"):
+            await rebuild(settings)
+    report = await rebuild(settings)
+    assert report.touchpoints == len({e["messageId"] for e in EVENTS}) + 1  # the duplicate is on the topic too
+    async with running_shop(settings, send=False) as shop:
+        assert await everything(shop) == before
