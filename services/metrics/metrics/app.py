@@ -8,9 +8,12 @@ from fastapi import FastAPI
 
 from clm_shared.service import create_service_app
 from clm_shared.settings import Settings
+from metrics.dashboard.routes import dashboard_router
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def create_app(settings: Settings) -> FastAPI:
-    return create_service_app("metrics", settings, migrations=MIGRATIONS, title="clm Metrics")
+    return create_service_app(
+        "metrics", settings, migrations=MIGRATIONS, title="clm Metrics", open_routers=[dashboard_router]
+    )
