@@ -31,11 +31,11 @@ METRICS: dict[str, tuple[str, str, float]] = {
     "podcast_downloads": ("engagement", "count", 150),
     "nps": ("engagement", "score", 32),
     "trial_to_paid_rate": ("conversion", "ratio", 0.22),
-    "cart_abandonment_rate": ("conversion", "ratio", 0.68),
+    "cart_abandonment_rate": ("conversion", "ratio", 0.58),
     "average_order_value": ("conversion", "money", 74.5),
     "churn_rate": ("retention", "ratio", 0.045),
     "repeat_purchase_rate": ("retention", "ratio", 0.31),
-    "customer_retention_rate": ("retention", "ratio", 0.83),
+    "customer_retention_rate": ("retention", "ratio", 0.64),
     "clv_historical": ("loyalty", "money", 412.0),
     "csat": ("loyalty", "score", 4.3),
     "referral_rate": ("advocacy", "ratio", 0.07),
@@ -48,7 +48,7 @@ Granularity = Literal["day", "week", "month"]
 def _wave(day: date, salt: int) -> float:
     """A smooth, repeatable factor around 1 that differs from day to day and metric to metric."""
     n = day.toordinal()
-    return 1 + 0.25 * math.sin(n / 9 + salt) + 0.1 * math.sin(n / 2.3 + 2 * salt) + 0.002 * (n % 400)
+    return 1 + 0.2 * math.sin(n / 9 + salt) + 0.08 * math.sin(n / 2.3 + 2 * salt) + 0.0004 * (n % 400)
 
 
 def _days(start: date, end: date) -> list[date]:
@@ -157,7 +157,7 @@ def metrics_api_router() -> APIRouter:
         when = (at or datetime.now(UTC)).date()
         reached = [round(1200 * _wave(when, 1))]
         for i in range(1, len(STAGES)):
-            reached.append(round(reached[-1] * (0.62 - 0.05 * i) * _wave(when, i)))
+            reached.append(round(reached[-1] * min(0.95, (0.62 - 0.05 * i) * _wave(when, i))))
         rows = []
         for i, stage in enumerate(STAGES):
             last = i + 1 == len(STAGES)

@@ -165,9 +165,9 @@
       },
       graphic: stages.length ? [] : [emptyGraphic("No customers yet")],
       series: [{
-        type: "funnel", sort: "none", min: 0, max, minSize: "8%", gap: 3, left: "4%", right: "4%", top: 8, bottom: 8,
+        type: "funnel", sort: "none", min: 0, max, minSize: "28%", gap: 3, left: "4%", right: "4%", top: 8, bottom: 8,
         label: {
-          show: true, position: "inside", color: "#fff", fontWeight: 600,
+          show: true, position: "inside", color: "#fff", fontWeight: 600, fontSize: 12,
           formatter: (p) => `${p.name}  ${intFmt.format(p.value)}`,
         },
         itemStyle: { borderWidth: 0 },
@@ -207,7 +207,7 @@
       color: STAGES.map((s) => STAGE_COLORS[s]),
       tooltip: { ...baseTooltip, trigger: "axis" },
       legend: { top: 0, icon: "roundRect", itemWidth: 10, itemHeight: 10, textStyle: { color: "#55607a" } },
-      grid: { left: 8, right: 12, top: 34, bottom: 4, containLabel: true },
+      grid: { left: 8, right: 24, top: 34, bottom: 4, containLabel: true },
       xAxis: {
         type: "category", boundaryGap: false, data: starts.map((s) => bucketLabel(s, range.granularity)),
         axisLine: { lineStyle: { color: "#cfd5e3" } }, axisLabel: { color: "#6b7489" },
