@@ -73,11 +73,15 @@ class Watched:
     page: Page
     requests: list[str]
     dialogs: list[str]
+    errors: list[str]
 
 
 @pytest.fixture
 def watched(browser: Browser) -> Iterator[Watched]:
-    """A fresh tab (its own sessionStorage) that records every request and every dialog."""
+    """A fresh tab (its own sessionStorage) that records every request, dialog and script error.
+
+    A policy violation (something the page tried to load from outside) is a console error too.
+    """
     context = browser.new_context(viewport={"width": 1440, "height": 900}, reduced_motion="reduce")
     page = context.new_page()
     requests: list[str] = []
@@ -89,10 +93,18 @@ def watched(browser: Browser) -> Iterator[Watched]:
         dialog.dismiss()
 
     page.on("dialog", on_dialog)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     try:
-        yield Watched(page, requests, dialogs)
+        yield Watched(page, requests, dialogs, errors)
     finally:
         context.close()
+
+
+def unexpected_errors(watched: Watched) -> list[str]:
+    """Script errors, policy violations and failed loads, but the 401s the tests provoke on purpose."""
+    return [error for error in watched.errors if "status of 401" not in error]
 
 
 def loads(page: Page) -> int:
@@ -163,6 +175,7 @@ def test_the_dashboard_asks_for_a_token_shows_data_and_follows_the_range(
     # Nothing came from outside the platform.
     outside = [url for url in watched.requests if not url.startswith(dashboard_target.url + "/")]
     assert not outside, outside
+    assert unexpected_errors(watched) == []
 
 
 def test_data_with_markup_is_shown_as_text(dashboard_target: DashboardTarget, watched: Watched) -> None:
@@ -179,6 +192,7 @@ def test_data_with_markup_is_shown_as_text(dashboard_target: DashboardTarget, wa
 
     assert page.locator("main script, .statusbar script").count() == 0
     assert watched.dialogs == []
+    assert unexpected_errors(watched) == []
 
 
 def test_a_refused_token_brings_the_prompt_back(dashboard_target: DashboardTarget, watched: Watched) -> None:
@@ -195,3 +209,4 @@ def test_a_refused_token_brings_the_prompt_back(dashboard_target: DashboardTarge
     sign_in(page, dashboard_target.read_token)
     expect(page.get_by_test_id("token-prompt")).to_be_hidden()
     expect_data(page)
+    assert unexpected_errors(watched) == []

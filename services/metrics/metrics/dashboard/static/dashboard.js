@@ -33,7 +33,7 @@
   const LOWER_IS_BETTER = new Set(["churn_rate", "cart_abandonment_rate"]);
 
   const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
-  const state = { metrics: null, tiles: new Map(), charts: new Map(), loading: false, timer: null };
+  const state = { generation: 0, range: null, metrics: null, tiles: new Map(), charts: new Map(), loading: false, timer: null };
 
   // ---- numbers and dates -------------------------------------------------------------------
 
@@ -370,9 +370,6 @@
       t.delta.className = `change${good > 0 ? " good" : good < 0 ? " bad" : ""}`;
       const points = (now && now.series) || [];
       const color = STAGE_COLORS[t.metric.stage];
-      const old = state.charts.get(t.spark);
-      if (old) old.dispose();
-      state.charts.delete(t.spark);
       draw(t.spark, {
         animation: false,
         grid: { left: 0, right: 0, top: 4, bottom: 2 },
@@ -413,28 +410,33 @@
     return `${days} · by ${range.granularity} · compared with ${prev}`;
   }
 
-  async function load() {
-    if (state.loading || !$("token-prompt").hidden) return;
+  // A load the reader asks for (apply, refresh, sign-in) always starts and makes any load still
+  // running stale, so its answers are dropped; the timer's refresh waits for the next tick instead.
+  async function load(fromTimer) {
+    if ((fromTimer && state.loading) || !$("token-prompt").hidden) return;
     if (!sessionStorage.getItem(TOKEN_KEY)) {
       askForToken("");
       return;
     }
+    const generation = ++state.generation;
+    const current = () => generation === state.generation;
     state.loading = true;
     const status = $("status");
     status.className = "status";
     status.textContent = "Loading…";
-    const range = currentRange();
+    // The last applied range: a refresh does not pick up dates typed but not applied yet.
+    const range = state.range || (state.range = currentRange());
     $("range-label").textContent = describeRange(range);
     try {
       const metrics = await metricList();
       const names = metrics.map((m) => m.name).join(",");
-      const window = (from, to) => ({ names, from, to, granularity: range.granularity, source: range.source });
+      const metricsQuery = (from, to) => ({ names, from, to, granularity: range.granularity, source: range.source });
       const nowMs = Date.now();
       const at = parseDay(range.to) < nowMs ? `${range.to}T00:00:00Z` : undefined;
       const parts = {
         tiles: Promise.all([
-          api("/v1/metrics", window(range.from, range.to)),
-          api("/v1/metrics", window(range.prevFrom, range.prevTo)),
+          api("/v1/metrics", metricsQuery(range.from, range.to)),
+          api("/v1/metrics", metricsQuery(range.prevFrom, range.prevTo)),
         ]),
         funnel: api("/v1/funnel", { at }),
         stages: api("/v1/stages", { from: range.from, to: range.to, granularity: range.granularity }),
@@ -442,6 +444,7 @@
         clv: api("/v1/clv"),
       };
       const results = await Promise.allSettled(Object.values(parts));
+      if (!current()) return;
       const keys = Object.keys(parts);
       if (results.some((r) => r.status === "rejected" && r.reason instanceof Unauthorized)) {
         throw new Unauthorized("token refused");
@@ -477,6 +480,7 @@
       }
       document.body.dataset.loaded = String(Number(document.body.dataset.loaded || 0) + 1);
     } catch (error) {
+      if (!current()) return;
       if (error instanceof Unauthorized) {
         sessionStorage.removeItem(TOKEN_KEY);
         status.textContent = "";
@@ -486,7 +490,7 @@
         status.textContent = `Could not load: ${error.message}`;
       }
     } finally {
-      state.loading = false;
+      if (current()) state.loading = false;
     }
   }
 
@@ -496,15 +500,19 @@
     const today = todayUtc();
     setRange(addDays(today, -29), today);
 
+    const apply = () => {
+      state.range = currentRange();
+      load();
+    };
     $("range-form").addEventListener("submit", (event) => {
       event.preventDefault();
-      load();
+      apply();
     });
     for (const button of document.querySelectorAll(".presets button")) {
       button.addEventListener("click", () => {
         const end = todayUtc();
         setRange(addDays(end, 1 - Number(button.dataset.days)), end);
-        load();
+        apply();
       });
     }
     $("token-form").addEventListener("submit", (event) => {
@@ -521,7 +529,7 @@
       askForToken("");
     });
     window.addEventListener("resize", () => state.charts.forEach((c) => c.resize()));
-    state.timer = setInterval(load, REFRESH_MS);
+    state.timer = setInterval(() => load(true), REFRESH_MS);
     load();
   }
 
