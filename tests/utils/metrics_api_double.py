@@ -211,9 +211,73 @@ def metrics_api_router() -> APIRouter:
     return router
 
 
-def metrics_api_double(token: str) -> FastAPI:
+def empty_metrics_api_router() -> APIRouter:
+    """The API of a platform that has seen no customers yet: zero counts, empty denominators."""
+    router = APIRouter()
+    full = metrics_api_router()
+
+    @router.get("/v1/metrics")
+    def metrics(
+        names: str,
+        from_: Annotated[date, Query(alias="from")],
+        to: date,
+        granularity: Granularity = "day",
+        source: str | None = None,
+    ) -> dict[str, Any]:
+        _window(from_, to)
+        out: dict[str, Any] = {}
+        for name in names.split(","):
+            stage, kind, _ = METRICS[name]
+            empty = 0.0 if kind == "count" else None
+            series = [{"start": start.isoformat(), "value": empty} for start, _ in _buckets(from_, to, granularity)]
+            out[name] = {"stage": stage, "kind": kind, "total": empty, "series": series}
+        return {
+            "from": from_.isoformat(),
+            "to": to.isoformat(),
+            "granularity": granularity,
+            "source": source,
+            "metrics": out,
+        }
+
+    @router.get("/v1/stages")
+    def stages(
+        from_: Annotated[date, Query(alias="from")], to: date, granularity: Granularity = "day"
+    ) -> dict[str, Any]:
+        _window(from_, to)
+        starts = [start.isoformat() for start, _ in _buckets(from_, to, granularity)]
+        return {"series": {stage: [{"start": start, "value": 0} for start in starts] for stage in STAGES}}
+
+    @router.get("/v1/funnel")
+    def funnel(at: datetime | None = None) -> dict[str, Any]:
+        rows = [
+            {"stage": stage, "current": 0, "reached": 0, "conversion_to_next": None, "median_days_to_next": None}
+            for stage in STAGES
+        ]
+        return {"at": (at or datetime.now(UTC)).isoformat(), "stages": rows, "top20_revenue_share": None}
+
+    @router.get("/v1/cohorts")
+    def cohorts(from_: Annotated[date, Query(alias="from")], to: date) -> dict[str, Any]:
+        _window(from_, to)
+        return {"cohorts": []}
+
+    @router.get("/v1/clv")
+    def clv() -> dict[str, Any]:
+        return {
+            "historical": {"mean": None, "customers": 0},
+            "predicted": {"status": "not_fitted_yet", "mean_12m": None, "fitted_at": None, "reason": None},
+            "distribution": [],
+            "top_customers": [],
+        }
+
+    # The list of names does not depend on data.
+    router.routes.extend(route for route in full.routes if getattr(route, "path", "") == "/v1/metrics/names")
+    return router
+
+
+def metrics_api_double(token: str, *, empty: bool = False) -> FastAPI:
     """The API behind a bearer-token check, and the open dashboard routes, in one app."""
     app = FastAPI(title="metrics API double")
-    app.include_router(metrics_api_router(), dependencies=[Depends(_check_token(token))])
+    api = empty_metrics_api_router() if empty else metrics_api_router()
+    app.include_router(api, dependencies=[Depends(_check_token(token))])
     app.include_router(dashboard_router)
     return app

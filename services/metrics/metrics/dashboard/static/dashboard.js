@@ -55,7 +55,8 @@
   }
 
   function change(metric, current, previous) {
-    if (!isNum(current) || !isNum(previous)) return { text: "—", sign: 0 };
+    if (!isNum(current)) return { text: "", sign: 0 };
+    if (!isNum(previous)) return { text: "—", sign: 0 };
     let delta, text;
     if (metric.kind === "ratio") {
       delta = (current - previous) * 100;
@@ -157,13 +158,14 @@
 
   function drawFunnel(funnel) {
     const stages = (funnel.stages || []).filter((s) => STAGES.includes(s.stage));
-    const max = Math.max(1, ...stages.map((s) => (isNum(s.reached) ? s.reached : 0)));
+    const max = Math.max(0, ...stages.map((s) => (isNum(s.reached) ? s.reached : 0)));
+    const shown = max > 0 ? stages : [];
     draw($("funnel-chart"), {
       tooltip: {
         ...baseTooltip, trigger: "item",
         formatter: (p) => `${p.name}\nreached: ${intFmt.format(p.value)}\nthere now: ${intFmt.format(p.data.current || 0)}`,
       },
-      graphic: stages.length ? [] : [emptyGraphic("No customers yet")],
+      graphic: shown.length ? [] : [emptyGraphic("No customers yet")],
       series: [{
         type: "funnel", sort: "none", min: 0, max, minSize: "28%", gap: 3, left: "4%", right: "4%", top: 8, bottom: 8,
         label: {
@@ -171,7 +173,7 @@
           formatter: (p) => `${p.name}  ${intFmt.format(p.value)}`,
         },
         itemStyle: { borderWidth: 0 },
-        data: stages.map((s) => ({
+        data: shown.map((s) => ({
           name: s.stage, value: isNum(s.reached) ? s.reached : 0, current: s.current,
           itemStyle: { color: STAGE_COLORS[s.stage] },
         })),
@@ -206,14 +208,14 @@
     draw($("stages-chart"), {
       color: STAGES.map((s) => STAGE_COLORS[s]),
       tooltip: { ...baseTooltip, trigger: "axis" },
-      legend: { top: 0, icon: "roundRect", itemWidth: 10, itemHeight: 10, textStyle: { color: "#55607a" } },
+      legend: { type: "scroll", top: 0, icon: "roundRect", itemWidth: 10, itemHeight: 10, textStyle: { color: "#55607a" } },
       grid: { left: 8, right: 24, top: 34, bottom: 4, containLabel: true },
       xAxis: {
         type: "category", boundaryGap: false, data: starts.map((s) => bucketLabel(s, range.granularity)),
         axisLine: { lineStyle: { color: "#cfd5e3" } }, axisLabel: { color: "#6b7489" },
       },
       yAxis: {
-        type: "value", splitLine: { lineStyle: { color: "#eef1f6" } },
+        type: "value", minInterval: 1, splitLine: { lineStyle: { color: "#eef1f6" } },
         axisLabel: { color: "#6b7489", formatter: (v) => intFmt.format(v) },
       },
       graphic: starts.length ? [] : [emptyGraphic("No data in this range")],
@@ -230,7 +232,7 @@
 
   function drawCohorts(cohorts) {
     const rows = cohorts.cohorts || [];
-    const width = Math.max(1, ...rows.map((r) => (r.retention || []).length));
+    const width = Math.max(0, ...rows.map((r) => (r.retention || []).length));
     const data = [];
     rows.forEach((r, y) => (r.retention || []).forEach((v, x) => { if (isNum(v)) data.push([x, y, v]); }));
     draw($("cohort-heatmap"), {
