@@ -241,3 +241,15 @@ def test_a_platform_without_customers_shows_dashes_not_errors(
     expect(page.get_by_test_id("top-customers")).to_contain_text("No customers with revenue yet")
     expect(page.get_by_test_id("status")).not_to_contain_text("could not load")
     assert unexpected_errors(watched) == []
+
+
+def test_the_page_refreshes_itself(dashboard_target: DashboardTarget, watched: Watched) -> None:
+    page = watched.page
+    page.clock.install()  # the page's timers run on a clock the test moves: no waiting for real time
+    page.goto(dashboard_target.url + "/dashboard")
+    sign_in(page, dashboard_target.read_token)
+    expect_data(page)
+    before = loads(page)
+    page.clock.run_for(60_000)
+    wait_for_load_after(page, before)
+    assert unexpected_errors(watched) == []
