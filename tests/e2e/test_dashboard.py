@@ -2,11 +2,13 @@
 
 The page is driven only through its ``data-testid``s, so the same test runs against the test double
 here and against the real metrics service with real data (a ``DashboardTarget`` with its URL and a
-read token; the data must hold a top customer whose id is ``HOSTILE``).
+read token, from ``CLM_DASHBOARD_URL`` and ``CLM_DASHBOARD_TOKEN``; the data must hold a top
+customer whose id is ``HOSTILE``).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import threading
@@ -23,6 +25,7 @@ from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
 from clm_cli.infra.browser import CHROMIUM, CHROMIUM_ARGS
 from clm_cli.infra.process import free_port
+from tests.secret_watch import remember_secret
 from tests.utils.metrics_api_double import HOSTILE, metrics_api_double
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
@@ -60,6 +63,11 @@ def serving_double(*, empty: bool = False) -> Iterator[DashboardTarget]:
 
 @pytest.fixture(scope="module")
 def dashboard_target() -> Iterator[DashboardTarget]:
+    """The double; or a running metrics service, given ``CLM_DASHBOARD_URL`` and ``CLM_DASHBOARD_TOKEN``."""
+    url, token = os.environ.get("CLM_DASHBOARD_URL"), os.environ.get("CLM_DASHBOARD_TOKEN")
+    if url and token:
+        yield DashboardTarget(url.rstrip("/"), remember_secret(token))
+        return
     with serving_double() as target:
         yield target
 
