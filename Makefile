@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install up down test lint unit bench clean
+.PHONY: install browser up down test lint unit bench clean
 
 $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { echo "error: python3 (3.11 or newer) is needed"; exit 1; }
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 	$(BIN)/clm infra install
+
+# Debian's Chromium, for the dashboard's browser tests (installed as root when missing).
+browser: $(STAMP)
+	$(BIN)/clm infra browser
 
 up: install
 	$(BIN)/clm up
@@ -30,7 +34,7 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-test: install lint
+test: install browser lint
 	$(BIN)/pytest
 
 bench: install

@@ -11,6 +11,7 @@ from typing import TypeVar
 import typer
 from rich.console import Console
 
+from clm_cli.infra.browser import install_chromium
 from clm_cli.infra.postgres import install_server
 from clm_cli.infra.process import InfraError
 from clm_cli.stack import LocalStack, create_topics, migrate_all, prepare
@@ -148,6 +149,15 @@ def infra_install() -> None:
     settings = load_settings_or_exit()
     try:
         install_infra(settings)
+    except InfraError as error:
+        raise _fail(error) from None
+
+
+@infra_app.command("browser")
+def infra_browser() -> None:
+    """Install Debian's Chromium when missing: the dashboard's browser tests drive it (`make test`)."""
+    try:
+        _step("Chromium for the browser tests", install_chromium)
     except InfraError as error:
         raise _fail(error) from None
 

@@ -77,6 +77,7 @@ def create_service_app(
     *,
     migrations: Path,
     routers: Sequence[APIRouter] = (),
+    open_routers: Sequence[APIRouter] = (),
     on_start: StartHook | None = None,
     on_stop: StartHook | None = None,
     title: str | None = None,
@@ -84,7 +85,9 @@ def create_service_app(
     """A FastAPI app with the service's lifespan (database, migrations, topics) and ops endpoints.
 
     Every route of ``routers`` requires an API token (``require_token``); only the ops endpoints,
-    the OpenAPI description and routes a service mounts itself (ingest's tracking API) are open.
+    the OpenAPI description, ``open_routers`` (routers that serve no data and need no token, such as
+    a dashboard's page and static files) and routes a service mounts itself (ingest's tracking API)
+    are open.
     """
     configure_logging(settings.log_level, settings.log_format, service=name)  # again in each worker
 
@@ -127,6 +130,8 @@ def create_service_app(
     app.include_router(ops_router(name))
     for router in routers:
         app.include_router(router, dependencies=[Depends(require_token)])
+    for router in open_routers:
+        app.include_router(router)
     return app
 
 

@@ -32,6 +32,9 @@ from tests.waiting import wait_for
 
 # Open on purpose: operations, and the API's description (it holds no data; the routes it lists need tokens).
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# The dashboard's page and static files hold no data: a browser cannot send a token when it
+# navigates, so they are open and the page's script sends the token with every API call.
+OPEN_PATHS |= {"/dashboard", "/dashboard/static/{file}"}
 TRACKING_PATHS = {f"/v1/{endpoint}" for endpoint in ENDPOINTS}
 READ_METHODS = {"GET", "HEAD"}
 
@@ -114,6 +117,8 @@ async def test_every_route_but_the_open_ones_needs_a_token_with_the_right_role(
             await check_route(client, method, url, given)
         for path in ("/healthz", "/metrics", "/openapi.json", "/docs"):
             assert (await client.get(path)).status_code == 200, path
+        if service == "metrics":
+            assert (await client.get("/dashboard")).status_code == 200
 
 
 async def check_route(client: httpx.AsyncClient, method: str, url: str, given: Secrets) -> None:

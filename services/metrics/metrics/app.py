@@ -23,6 +23,7 @@ from metrics.consumers import (
     touchpoint_deserializer,
     touchpoint_handler,
 )
+from metrics.dashboard.routes import dashboard_router
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         settings,
         migrations=MIGRATIONS,
         routers=[router],
+        open_routers=[dashboard_router],
         on_start=on_start,
         on_stop=on_stop,
         title="clm metrics (lifecycle metrics API and dashboard)",

@@ -1,0 +1,1 @@
+"""The marketer's dashboard: one page over the metrics API, with Apache ECharts for its charts."""

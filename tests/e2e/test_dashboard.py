@@ -1,0 +1,263 @@
+"""The dashboard in real headless Chromium (Debian's package, driven by Playwright).
+
+The page is driven only through its ``data-testid``s, so the same test runs against the test double
+here and against the real metrics service with real data (a ``DashboardTarget`` with its URL and a
+read token, from ``CLM_DASHBOARD_URL`` and ``CLM_DASHBOARD_TOKEN``; the data must hold a top
+customer whose id is ``HOSTILE``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import uvicorn
+from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
+
+from clm_cli.infra.browser import CHROMIUM, CHROMIUM_ARGS
+from clm_cli.infra.process import free_port
+from tests.secret_watch import remember_secret
+from tests.utils.metrics_api_double import HOSTILE, metrics_api_double
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+VALUE = re.compile(r"^-?[\d,.]+%?$|^—$")  # a number, a percentage, or "—" for an empty denominator
+TILES = ["page_views", "nps", "trial_to_paid_rate", "average_order_value", "churn_rate", "affiliate_revenue"]
+
+
+@dataclass
+class DashboardTarget:
+    url: str
+    read_token: str
+
+
+@contextmanager
+def serving_double(*, empty: bool = False) -> Iterator[DashboardTarget]:
+    """The API double and the dashboard's routes, served by uvicorn on a free port."""
+    token = "clmtk_" + secrets.token_urlsafe(24)
+    port = free_port()
+    app = metrics_api_double(token, empty=empty)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="dashboard-double", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("the metrics API double did not start")
+        time.sleep(0.02)
+    try:
+        yield DashboardTarget(f"http://127.0.0.1:{port}", token)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def dashboard_target() -> Iterator[DashboardTarget]:
+    """The double; or a running metrics service, given ``CLM_DASHBOARD_URL`` and ``CLM_DASHBOARD_TOKEN``."""
+    url, token = os.environ.get("CLM_DASHBOARD_URL"), os.environ.get("CLM_DASHBOARD_TOKEN")
+    if url and token:
+        yield DashboardTarget(url.rstrip("/"), remember_secret(token))
+        return
+    with serving_double() as target:
+        yield target
+
+
+@pytest.fixture(scope="module")
+def empty_dashboard_target() -> Iterator[DashboardTarget]:
+    with serving_double(empty=True) as target:
+        yield target
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package (as root)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS))
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@dataclass
+class Watched:
+    page: Page
+    requests: list[str]
+    dialogs: list[str]
+    errors: list[str]
+
+
+@pytest.fixture
+def watched(browser: Browser) -> Iterator[Watched]:
+    """A fresh tab (its own sessionStorage) that records every request, dialog and script error.
+
+    A policy violation (something the page tried to load from outside) is a console error too.
+    """
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, reduced_motion="reduce")
+    page = context.new_page()
+    requests: list[str] = []
+    dialogs: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+
+    def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    try:
+        yield Watched(page, requests, dialogs, errors)
+    finally:
+        context.close()
+
+
+def unexpected_errors(watched: Watched) -> list[str]:
+    """Script errors, policy violations and failed loads, but the 401s the tests provoke on purpose."""
+    return [error for error in watched.errors if "status of 401" not in error]
+
+
+def loads(page: Page) -> int:
+    return int(page.evaluate("Number(document.body.dataset.loaded || 0)"))
+
+
+def wait_for_load_after(page: Page, count: int) -> None:
+    """Until the page finished a load of all its panels after the ``count``-th."""
+    page.wait_for_function("n => Number(document.body.dataset.loaded || 0) > n", arg=count)
+
+
+def tile_values(page: Page) -> dict[str, str]:
+    return {name: page.get_by_test_id(f"tile-{name}").get_by_test_id("tile-value").inner_text() for name in TILES}
+
+
+def sign_in(page: Page, token: str) -> None:
+    expect(page.get_by_test_id("token-prompt")).to_be_visible()
+    page.get_by_test_id("token-input").fill(token)
+    page.get_by_test_id("token-submit").click()
+
+
+def expect_data(page: Page, *, rows: bool = True) -> None:
+    for name in TILES:
+        expect(page.get_by_test_id(f"tile-{name}").get_by_test_id("tile-value")).to_have_text(VALUE)
+    for chart in ("funnel-chart", "stages-chart", "cohort-heatmap", "clv-chart"):
+        expect(page.get_by_test_id(chart).locator("canvas").first).to_be_visible()
+    if rows:
+        expect(page.get_by_test_id("top-customers").locator("tbody tr td.id").first).to_be_visible()
+    expect(page.get_by_test_id("status")).to_have_text(re.compile(r"^Updated"))
+
+
+def apply_range(page: Page, start: str, end: str, *, source: str = "") -> None:
+    before = loads(page)
+    page.get_by_test_id("range-from").fill(start)
+    page.get_by_test_id("range-to").fill(end)
+    page.get_by_test_id("range-source").fill(source)
+    page.get_by_test_id("range-apply").click()
+    wait_for_load_after(page, before)
+
+
+def test_the_dashboard_asks_for_a_token_shows_data_and_follows_the_range(
+    dashboard_target: DashboardTarget, watched: Watched
+) -> None:
+    page = watched.page
+    page.goto(dashboard_target.url + "/dashboard")
+
+    sign_in(page, "clmtk_not-a-valid-token")
+    expect(page.get_by_test_id("token-error")).to_be_visible()
+    sign_in(page, dashboard_target.read_token)
+    expect(page.get_by_test_id("token-prompt")).to_be_hidden()
+    expect_data(page)
+
+    today = datetime.now(UTC).date()
+    apply_range(page, (today - timedelta(days=29)).isoformat(), today.isoformat())
+    last_30_days = tile_values(page)
+    apply_range(page, (today - timedelta(days=89)).isoformat(), today.isoformat())
+    expect_data(page)
+    last_90_days = tile_values(page)
+    changed = [name for name in TILES if last_30_days[name] != last_90_days[name]]
+    assert changed, f"no tile changed with the range: {last_90_days}"
+
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # The token stays for the session: a reload goes straight to the data.
+    page.reload()
+    expect_data(page)
+    expect(page.get_by_test_id("token-prompt")).to_be_hidden()
+
+    # Nothing came from outside the platform.
+    outside = [url for url in watched.requests if not url.startswith(dashboard_target.url + "/")]
+    assert not outside, outside
+    assert unexpected_errors(watched) == []
+
+
+def test_data_with_markup_is_shown_as_text(dashboard_target: DashboardTarget, watched: Watched) -> None:
+    page = watched.page
+    page.goto(dashboard_target.url + "/dashboard")
+    sign_in(page, dashboard_target.read_token)
+    expect_data(page)
+
+    top = page.get_by_test_id("top-customers")
+    expect(top).to_contain_text(HOSTILE)
+    today = datetime.now(UTC).date()
+    apply_range(page, (today - timedelta(days=13)).isoformat(), today.isoformat(), source=HOSTILE)
+    expect(page.get_by_test_id("source-label")).to_have_text(f"source: {HOSTILE}")
+
+    assert page.locator("main script, .statusbar script").count() == 0
+    assert watched.dialogs == []
+    assert unexpected_errors(watched) == []
+
+
+def test_a_refused_token_brings_the_prompt_back(dashboard_target: DashboardTarget, watched: Watched) -> None:
+    page = watched.page
+    page.goto(dashboard_target.url + "/dashboard")
+    sign_in(page, dashboard_target.read_token)
+    expect_data(page)
+
+    # As after `clm tokens revoke`: the next call gets 401.
+    page.evaluate("sessionStorage.setItem('clm.dashboard.token', 'clmtk_revoked')")
+    page.get_by_test_id("refresh").click()
+    expect(page.get_by_test_id("token-prompt")).to_be_visible()
+    expect(page.get_by_test_id("token-error")).to_contain_text("refused")
+    sign_in(page, dashboard_target.read_token)
+    expect(page.get_by_test_id("token-prompt")).to_be_hidden()
+    expect_data(page)
+    assert unexpected_errors(watched) == []
+
+
+def test_a_platform_without_customers_shows_dashes_not_errors(
+    empty_dashboard_target: DashboardTarget, watched: Watched
+) -> None:
+    page = watched.page
+    page.goto(empty_dashboard_target.url + "/dashboard")
+    sign_in(page, empty_dashboard_target.read_token)
+    expect_data(page, rows=False)
+    expect(page.get_by_test_id("tile-page_views").get_by_test_id("tile-value")).to_have_text("0")
+    expect(page.get_by_test_id("tile-churn_rate").get_by_test_id("tile-value")).to_have_text("—")
+    expect(page.get_by_test_id("top20-share")).to_have_text("—")
+    expect(page.get_by_test_id("clv-predicted")).to_have_text("—")
+    expect(page.get_by_test_id("top-customers")).to_contain_text("No customers with revenue yet")
+    expect(page.get_by_test_id("status")).not_to_contain_text("could not load")
+    assert unexpected_errors(watched) == []
+
+
+def test_the_page_refreshes_itself(dashboard_target: DashboardTarget, watched: Watched) -> None:
+    page = watched.page
+    page.clock.install()  # the page's timers run on a clock the test moves: no waiting for real time
+    page.goto(dashboard_target.url + "/dashboard")
+    sign_in(page, dashboard_target.read_token)
+    expect_data(page)
+    before = loads(page)
+    page.clock.run_for(60_000)
+    wait_for_load_after(page, before)
+    assert unexpected_errors(watched) == []
