@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
@@ -10,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_shared.transactions import transaction
-from metrics import queries
+from metrics import formulas, queries
+from metrics.clv import histogram
 from metrics.definitions import METRICS, Kind
 from metrics.formulas import Window
 
@@ -182,3 +184,32 @@ async def cohorts(
     async with transaction(engine) as db:
         rows = await queries.cohorts(db, first, last - timedelta(days=1))
     return {"cohorts": [{"cohort": c, "customers": n, "retention": shares} for c, n, shares in rows]}
+
+
+@router.get("/clv")
+async def clv(engine: Engine) -> dict[str, Any]:
+    """Historical CLV now, the latest predicted-CLV fit (or why there is none), its distribution, top customers."""
+    now = datetime.now(UTC)
+    async with transaction(engine) as db:
+        orders = await queries.load_orders(db)
+        converted = await queries.conversions(db)
+        fit = await queries.latest_clv_fit(db)
+    revenue = formulas.lifetime_revenue(orders, now)
+    customers = [cid for cid, at in converted.items() if at < now]
+    top = sorted(revenue.items(), key=lambda item: (-item[1], item[0]))[:10]
+    predicted: dict[str, Any] = {"status": "not_fitted_yet", "mean_12m": None, "fitted_at": None, "reason": None}
+    if fit is not None:
+        predicted = {
+            "status": fit["status"],
+            "mean_12m": fit["mean_12m"],
+            "fitted_at": fit["fitted_at"].isoformat().replace("+00:00", "Z"),
+            "reason": fit["reason"],
+            "customers": fit["customers"],
+            "distribution": fit["distribution"],
+        }
+    return {
+        "historical": {"mean": formulas.clv_historical(orders, converted, now), "customers": len(customers)},
+        "predicted": predicted,
+        "distribution": [asdict(b) for b in histogram(revenue.get(cid, 0.0) for cid in customers)],
+        "top_customers": [{"customer_id": cid, "revenue": value} for cid, value in top],
+    }

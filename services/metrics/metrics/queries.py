@@ -5,13 +5,16 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+
+import orjson
 
 from clm_shared.schemas.lifecycle import STAGE_ORDER
 from clm_shared.transactions import Db
 from metrics import formulas
+from metrics.clv import ClvFit, InsufficientData, histogram
 from metrics.formulas import Timeline, Window
 
 DAILY = {
@@ -336,3 +339,35 @@ def day_windows(first: date, last: date, granularity: str) -> list[Window]:
         windows.append(Window(midnight(start), midnight(end)))
         start = end
     return windows
+
+
+async def conversions(db: Db) -> dict[str, datetime]:
+    """When each customer reached the conversion stage."""
+    return await _conversions(db, None)
+
+
+async def latest_clv_fit(db: Db) -> Any:
+    return await db.fetchrow(
+        "SELECT fitted_at, status, customers, mean_12m, reason, distribution FROM clv_fits ORDER BY id DESC LIMIT 1"
+    )
+
+
+async def save_clv_fit(db: Db, fit: ClvFit | InsufficientData, at: datetime) -> None:
+    """Keep the newest fits (a few, for the record); the API reads the last."""
+    row: tuple[str, int, float | None, str | None, list[dict[str, Any]]]
+    if isinstance(fit, ClvFit):
+        buckets = [asdict(b) for b in histogram(fit.predictions.values())]
+        row = ("fitted", fit.customers, fit.mean_predicted, None, buckets)
+    else:
+        row = ("insufficient_data", 0, None, fit.reason, [])
+    await db.execute(
+        "INSERT INTO clv_fits (fitted_at, status, customers, mean_12m, reason, distribution)"
+        " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+        at,
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        orjson.dumps(row[4]).decode(),  # the pool's codec takes jsonb as text and reads it back decoded
+    )
+    await db.execute("DELETE FROM clv_fits WHERE id < (SELECT max(id) - 9 FROM clv_fits)")

@@ -356,3 +356,18 @@ async def test_a_rebuild_from_the_topics_gives_the_same_metrics_and_is_refused_w
     assert report.touchpoints == len({e["messageId"] for e in EVENTS}) + 1  # the duplicate is on the topic too
     async with running_shop(settings, send=False) as shop:
         assert await everything(shop) == before
+
+
+async def test_clv_historical_now_top_customers_and_a_prediction_refused_on_thin_data(shop: Shop) -> None:
+    async def fitted() -> bool:
+        return bool((await shop.get("/v1/clv"))["predicted"]["status"] != "not_fitted_yet")
+
+    await wait_for(fitted, timeout_s=60, what="the first CLV fit")
+    body = await shop.get("/v1/clv")
+    # Now (after April): 15 converted (t4 and c5 too); revenue 1,610 + c5's 40.
+    assert body["historical"] == {"mean": 1650 / 15, "customers": 15}
+    assert body["top_customers"][:2] == [{"customer_id": "r1", "revenue": 600}, {"customer_id": "r3", "revenue": 300}]
+    assert sum(b["customers"] for b in body["distribution"]) == 15
+    # 12 buyers are far too few for BG/NBD + Gamma-Gamma: the API says so instead of inventing a number.
+    assert body["predicted"]["status"] == "insufficient_data" and body["predicted"]["mean_12m"] is None
+    assert "customers" in body["predicted"]["reason"]
