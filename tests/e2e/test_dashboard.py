@@ -25,6 +25,7 @@ from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
 from clm_cli.infra.browser import CHROMIUM, CHROMIUM_ARGS
 from clm_cli.infra.process import free_port
+from tests.e2e.live_platform import live_platform
 from tests.secret_watch import remember_secret
 from tests.utils.metrics_api_double import HOSTILE, metrics_api_double
 
@@ -61,12 +62,21 @@ def serving_double(*, empty: bool = False) -> Iterator[DashboardTarget]:
         thread.join(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def dashboard_target() -> Iterator[DashboardTarget]:
-    """The double; or a running metrics service, given ``CLM_DASHBOARD_URL`` and ``CLM_DASHBOARD_TOKEN``."""
+@pytest.fixture(scope="module", params=["double", "live"])
+def dashboard_target(
+    request: pytest.FixtureRequest, kafka_bootstrap: str, database_url: str
+) -> Iterator[DashboardTarget]:
+    """The API double, then the real services on a shop's data (the screenshot is of the latter).
+
+    ``CLM_DASHBOARD_URL`` and ``CLM_DASHBOARD_TOKEN`` point both at a metrics service already running.
+    """
     url, token = os.environ.get("CLM_DASHBOARD_URL"), os.environ.get("CLM_DASHBOARD_TOKEN")
     if url and token:
         yield DashboardTarget(url.rstrip("/"), remember_secret(token))
+        return
+    if request.param == "live":
+        with live_platform(kafka_bootstrap, database_url) as (metrics_url, read_token, _):
+            yield DashboardTarget(metrics_url, read_token)
         return
     with serving_double() as target:
         yield target

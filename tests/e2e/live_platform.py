@@ -1,0 +1,174 @@
+"""The real ingest, stage engine and metrics processes on free ports, with a shop's last 90 days sent through them.
+
+The dashboard's browser test runs against this as well as against the API double: the page shows
+the services' own data, and a customer whose id (and first-touch source) is markup is among the top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+import pytest
+
+from clm_cli.infra.process import free_port
+from clm_shared.kafka.admin import ensure_topics
+from clm_shared.topics import Topics
+from tests.conftest import TEST_PARTITIONS, drop_schemas, make_settings
+from tests.e2e.conftest import settings_env
+from tests.secret_watch import read_log, remember_secret, watch_output
+
+HOSTILE = "<script>alert(1)</script>"
+T = TypeVar("T")
+SERVICES = {"ingest": "ingest", "stage-engine": "stage_engine", "metrics": "metrics"}
+
+
+def shop_events(now: datetime, customers: int = 40, seed: int = 7) -> list[dict[str, Any]]:
+    """A shop's last 90 days: visits, social, trials, checkouts, orders, surveys, referrals."""
+    rng = random.Random(seed)
+    events: list[dict[str, Any]] = []
+
+    def ev(user: str, days_ago: float, name: str, call: str = "track", **properties: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": call,
+            "userId": user,
+            "messageId": str(uuid.uuid4()),
+            "timestamp": (now - timedelta(days=days_ago)).isoformat(),
+            "properties": properties,
+            ("event" if call == "track" else "name"): name,
+        }
+        return body
+
+    for i in range(customers):
+        user = f"shopper-{i}"
+        first = rng.uniform(5, 89)
+        events.append(ev(user, first, "Home", call="page"))
+        for _ in range(rng.randint(0, 4)):
+            events.append(ev(user, rng.uniform(0, first), "Product", call="page"))
+        events.append(ev(user, first - 0.1, rng.choice(["Social Liked", "Social Shared", "Podcast Downloaded"])))
+        if rng.random() < 0.5:
+            events.append(ev(user, first - 0.2, "Trial Started"))
+            if rng.random() < 0.5:
+                events.append(ev(user, first - 3, "Trial Converted"))
+        if rng.random() < 0.6:
+            at = rng.uniform(1, first)
+            events.append(ev(user, at, "Checkout Started", checkout_id=f"k{i}"))
+            if rng.random() < 0.7:
+                events.append(ev(user, at - 0.01, "Order Completed", checkout_id=f"k{i}", revenue=rng.randint(20, 200)))
+                if rng.random() < 0.4:
+                    events.append(ev(user, rng.uniform(0, at), "Order Completed", revenue=rng.randint(20, 200)))
+        if rng.random() < 0.5:
+            events.append(ev(user, rng.uniform(0, first), "NPS Survey Answered", score=rng.randint(0, 10)))
+        if rng.random() < 0.3:
+            events.append(ev(user, rng.uniform(0, first), "CSAT Survey Answered", score=rng.randint(1, 5)))
+        if rng.random() < 0.2:
+            events.append(ev(user, rng.uniform(0, first), "Referral Sent"))
+    hostile = ev(HOSTILE, 10, "Home", call="page")
+    hostile["context"] = {"campaign": {"source": HOSTILE}}
+    events += [hostile, ev(HOSTILE, 9.9, "Order Completed", revenue=5000)]
+    return events
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run on a thread of its own: Playwright's sync API keeps an event loop running on this one."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "clm_cli.main", *args], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    return done.stdout.strip().splitlines()[-1]
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{url} did not become ready:\n" + read_log(log)[-3000:])
+        time.sleep(0.1)
+
+
+@contextmanager
+def live_platform(kafka_bootstrap: str, database_url: str) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+    """(metrics URL, read token, the events sent) with the three services running on the shop's data."""
+    namespace = f"t{uuid.uuid4().hex[:10]}_"
+    settings = make_settings(kafka_bootstrap, database_url, namespace)
+    _run(ensure_topics(kafka_bootstrap, {name: TEST_PARTITIONS for name in Topics(namespace).all()}))
+    scratch = Path(tempfile.mkdtemp(prefix="clm-live-"))
+    ports = {name: free_port() for name in SERVICES}
+    env = settings_env(settings, scratch, ports)
+    env["CLM_ADMIN_TOKEN"] = remember_secret("admin-" + secrets.token_urlsafe(24))
+    processes: list[subprocess.Popen[bytes]] = []
+    with ExitStack() as stack:
+        try:
+            for name, module in SERVICES.items():
+                log = stack.enter_context((scratch / f"{name}.log").open("wb"))
+                processes.append(subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=log))
+            for (name, _), process in zip(SERVICES.items(), processes, strict=True):
+                _wait_ready(f"http://127.0.0.1:{ports[name]}", process, scratch / f"{name}.log")
+            key = remember_secret(_cli(env, "keys", "create", "--name", "shop"))
+            token = remember_secret(_cli(env, "tokens", "create", "--name", "dashboard", "--role", "read"))
+            now = datetime.now(UTC)
+            events = shop_events(now)
+            answer = httpx.post(
+                f"http://127.0.0.1:{ports['ingest']}/v1/batch",
+                content=orjson.dumps({"batch": events}),
+                auth=(key, ""),
+                timeout=30,
+            )
+            assert answer.status_code == 200, answer.text
+            metrics = f"http://127.0.0.1:{ports['metrics']}"
+            _wait_applied(metrics, token, events, now)
+            yield metrics, token, events
+        finally:
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                process.wait(timeout=30)
+            for name in SERVICES:
+                watch_output(f"{name} log (live dashboard)", read_log(scratch / f"{name}.log"))
+            _run(drop_schemas(database_url, namespace))
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _wait_applied(metrics: str, token: str, events: list[dict[str, Any]], now: datetime) -> None:
+    """Until every page view and every order is in the metrics (the stage engine's changes follow them)."""
+    pages = sum(1 for e in events if e["type"] == "page")
+    params = {
+        "names": "page_views",
+        "from": (now - timedelta(days=120)).date().isoformat(),
+        "to": (now + timedelta(days=1)).date().isoformat(),
+    }
+    deadline = time.monotonic() + 120
+    while True:
+        answer = httpx.get(metrics + "/v1/metrics", params=params, headers={"Authorization": f"Bearer {token}"})
+        total = answer.json()["metrics"]["page_views"]["total"] if answer.status_code == 200 else None
+        funnel = httpx.get(metrics + "/v1/funnel", headers={"Authorization": f"Bearer {token}"}).json()
+        if total == pages and funnel["stages"][0]["reached"] == 41:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"the metrics service applied {total} of {pages} page views in time")
+        time.sleep(0.2)
