@@ -136,6 +136,17 @@ def test_too_few_repeat_buyers_is_insufficient_data_with_a_reason() -> None:
     assert f"{MIN_REPEAT_BUYERS - 1} customers with a repeat purchase" in result.reason
 
 
+def test_a_fit_that_runs_off_to_infinity_is_insufficient_data_not_a_number() -> None:
+    # Everyone buys every 10 days and never leaves: no spread in purchase rates for BG/NBD to estimate.
+    orders = {
+        f"c{i}": [(NOW - timedelta(days=100 - 10 * k + i % 7), 25.0 + (i * k) % 5) for k in range(10)]
+        for i in range(MIN_CUSTOMERS)
+    }
+    result = fit_clv(orders, now=NOW)
+    assert isinstance(result, InsufficientData)
+    assert result.reason.startswith("the fit did not converge: r = ")
+
+
 def test_customers_without_orders_up_to_now_are_not_counted() -> None:
     orders: Orders = {"later": [(NOW + timedelta(days=1), 5.0)], "none": []}
     result = fit_clv(orders, now=NOW)
