@@ -1,10 +1,12 @@
 """Predicted customer lifetime value: BG/NBD purchases times Gamma-Gamma spend, fitted by MAP (pure, no clock).
 
 Library: pymc-marketing (`BetaGeoModel`, `GammaGammaModel`, `fit(method="map")`), with flat priors so the MAP
-fit is the maximum-likelihood fit and does not depend on the time unit. Measured on a 2-core machine: a warm
-fit of 100,000 customers takes ~10 s, so it stays the choice; its ~3 s import happens inside `fit_clv` only.
-Time unit: days. Orders are grouped per UTC calendar day, as the BG/NBD literature does, so several orders on one
-day are one purchase (their revenue summed).
+fit is the maximum-likelihood fit and does not depend on the time unit. Measured on a 2-core machine: a fit of
+100,000 customers takes ~17 s in a fresh process, so it stays the choice; its ~3 s import happens inside `fit_clv`
+only. Each fit compiles a few small C modules with g++ into pytensor's cache (~/.pytensor, or PYTENSOR_FLAGS
+base_compiledir), which deletes those unused for 31 days: run refits in a worker process, not on the event loop.
+Time unit: days. Orders are grouped per UTC calendar day, as pymc-marketing's `rfm_summary` does, so several
+orders on one day are one purchase (their revenue summed).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class ClvFit:
     parameters: dict[str, float]  # BG/NBD r, alpha (days), a, b; Gamma-Gamma p, q, v
     customers: int
     repeat_buyers: int
-    fit_seconds: float
+    fit_seconds: float  # wall time, including the library's import on a process's first fit
 
 
 @dataclass(frozen=True, slots=True)
