@@ -371,3 +371,27 @@ async def test_clv_historical_now_top_customers_and_a_prediction_refused_on_thin
     # 12 buyers are far too few for BG/NBD + Gamma-Gamma: the API says so instead of inventing a number.
     assert body["predicted"]["status"] == "insufficient_data" and body["predicted"]["mean_12m"] is None
     assert "customers" in body["predicted"]["reason"]
+
+
+async def test_prometheus_has_customers_per_current_stage_and_health(shop: Shop) -> None:
+    # Now (after April) c5 and t4 have converted too; d4 has visited. Current stages: discovery d1-d5;
+    # engagement e1-e5, t3; conversion t1, t2, t4, c1-c5, r4, r5, a1; retention r3, r6; loyalty r1;
+    # advocacy r2. Health: r4 and r5 churned, r3 reactivated, the other 23 of the 26 active.
+    expected = {
+        "discovery": 5, "engagement": 6, "conversion": 11, "retention": 2, "loyalty": 1, "advocacy": 1,
+        "churned": 2, "reactivated": 1, "active": 23,
+    }  # fmt: skip
+
+    async def exported() -> dict[str, float]:
+        found = {}
+        for line in (await shop.metrics.get("/metrics")).text.splitlines():
+            if line.startswith(("clm_metrics_customers_by_stage{", "clm_metrics_customers_by_health{")):
+                label, value = line.split("} ")
+                found[label.split('"')[1]] = float(value)
+        return found
+
+    async def updated() -> bool:
+        return (await exported()).get("discovery", 0) > 0  # the gauges refresh every 15 s
+
+    await wait_for(updated, timeout_s=40, what="the gauges updated")
+    assert await exported() == expected
