@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import defaultdict
 from collections.abc import Sequence
@@ -279,12 +280,20 @@ async def funnel(db: Db, at: datetime) -> tuple[list[FunnelStage], float | None]
 
 
 async def stage_series(db: Db, instants: Sequence[datetime]) -> dict[str, list[int]]:
-    """Customers at each stage as of each instant (reached it, not the next)."""
-    rows = await db.fetch("SELECT stage, reached_at FROM stage_reached")
-    times: dict[str, list[datetime]] = defaultdict(list)
-    for stage, reached_at in rows:
-        times[stage].append(reached_at)
-    counts = {s.value: formulas.counts_before(times.get(s.value, []), instants) for s in STAGE_ORDER}
+    """Customers at each stage as of each instant (reached it, not the next); instants are midnights (UTC)."""
+    rows = await db.fetch(
+        "SELECT stage, (reached_at AT TIME ZONE 'UTC')::date, count(*) FROM stage_reached GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    days: dict[str, list[date]] = defaultdict(list)
+    running: dict[str, list[int]] = defaultdict(list)
+    for stage, day, count in rows:
+        days[stage].append(day)
+        running[stage].append((running[stage][-1] if running[stage] else 0) + count)
+    # Reached before a midnight = reached on an earlier day.
+    counts = {}
+    for stage in (s.value for s in STAGE_ORDER):
+        before = [bisect.bisect_left(days[stage], instant.astimezone(UTC).date()) for instant in instants]
+        counts[stage] = [running[stage][i - 1] if i else 0 for i in before]
     stages = [s.value for s in STAGE_ORDER]
     out = {}
     for index, stage in enumerate(stages):
