@@ -132,6 +132,8 @@ async def consume_only(bootstrap: str, topics: Topics, total: int) -> float:
     seen = 0
     try:
         while seen < total:
+            if time.monotonic() - began > 600:
+                raise SystemExit(f"the consume-only reader saw {seen:,} of {total:,} records in 600 s")
             for tp, records in (await consumer.getmany(timeout_ms=200, max_records=2000)).items():
                 decode: Any = touchpoint if tp.topic == topics.touchpoints else event
                 for record in records:
