@@ -40,6 +40,7 @@ test: install browser lint
 bench: install
 	$(BIN)/python -m bench.ingest.run
 	$(BIN)/python -m bench.stage_engine.run
+	$(BIN)/python -m bench.metrics.run
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -69,8 +69,11 @@ async def compute(db: Db, names: Sequence[str], windows: Sequence[Window], sourc
         out["cart_abandonment_rate"] = await _carts(db, windows, source)
     if wanted & LIFECYCLE:
         timelines, churns = await _timelines(db, source)
-        out["churn_rate"] = formulas.churn_rates(timelines, churns, windows)
-        out["customer_retention_rate"] = formulas.retention_rates(timelines, windows)
+        # Each rate walks every converted customer's timeline: compute only the ones asked for.
+        if "churn_rate" in wanted:
+            out["churn_rate"] = formulas.churn_rates(timelines, churns, windows)
+        if "customer_retention_rate" in wanted:
+            out["customer_retention_rate"] = formulas.retention_rates(timelines, windows)
     if wanted & ORDERS:
         orders = await load_orders(db, source)
         ends = [w.end for w in windows]
