@@ -39,7 +39,7 @@ from clm_shared.schemas.lifecycle import CAMPAIGN_EVENT_TYPES
 from clm_shared.schemas.touchpoint import Touchpoint
 from clm_shared.serde import JsonDeserializer, JsonSerializer
 from clm_shared.topics import Topics
-from metrics.app import LIFECYCLE_GROUP, TOUCHPOINTS_GROUP
+from metrics.consumers import LIFECYCLE_GROUP, TOUCHPOINTS_GROUP
 
 CUSTOMERS = int(os.environ.get("BENCH_CUSTOMERS", "100000"))
 PER_CUSTOMER = int(os.environ.get("BENCH_EVENTS_PER_CUSTOMER", "10"))
