@@ -86,54 +86,81 @@ async def compute(db: Db, names: Sequence[str], windows: Sequence[Window], sourc
     return {name: out[name] for name in names}
 
 
+# Result name -> daily_facts column, summed per day; names with "_" feed the ratios below.
+_SUMS = {
+    "social_impressions": "social_impressions",
+    "page_views": "page_views",
+    "social_follows": "social_follows",
+    "social_comments": "social_comments",
+    "social_shares": "social_shares",
+    "social_likes": "social_likes",
+    "podcast_downloads": "podcast_downloads",
+    "_orders": "orders",
+    "_revenue": "order_revenue",
+    "affiliate_revenue": "affiliate_revenue",
+    "_csat_answers": "csat_answers",
+    "_csat_good": "csat_good",
+}
+# Distinct customers with the counter above 0: per day a plain count, since a customer has one row a day.
+_DISTINCT = {"unique_visitors": "page_views", "podcast_listeners": "podcast_listens", "_referrers": "referrals_sent"}
+
+
 async def _daily(db: Db, windows: Sequence[Window], source: str | None) -> dict[str, Values]:
+    """Sums per day in one pass; distinct customers per day there too (one row per customer and day),
+    and for windows longer than a day in a second, narrower pass."""
+    first, last = min(w.start for w in windows).date(), max(w.end for w in windows).date()
     join, extra = _source_join("f", source, 3)
+    distinct_per_day = ", ".join(f"count(*) FILTER (WHERE f.{column} > 0)" for column in _DISTINCT.values())
+    sums = ", ".join(f"sum(f.{column})" for column in _SUMS.values())
     rows = await db.fetch(
-        f"""
-        SELECT b.i, sum(f.social_impressions), sum(f.page_views),
-               count(DISTINCT f.customer_id) FILTER (WHERE f.page_views > 0),
-               count(DISTINCT f.customer_id) FILTER (WHERE f.podcast_listens > 0),
-               sum(f.social_follows), sum(f.social_comments), sum(f.social_shares), sum(f.social_likes),
-               sum(f.podcast_downloads), sum(f.orders), sum(f.order_revenue), sum(f.affiliate_revenue),
-               sum(f.csat_answers), sum(f.csat_good),
-               count(DISTINCT f.customer_id) FILTER (WHERE f.referrals_sent > 0)
-        FROM unnest($1::date[], $2::date[]) WITH ORDINALITY AS b(s, e, i)
-        JOIN daily_facts f ON f.day >= b.s AND f.day < b.e{join}
-        GROUP BY b.i
-        """,
-        [w.start.date() for w in windows],
-        [w.end.date() for w in windows],
+        f"SELECT f.day, {sums}, {distinct_per_day} FROM daily_facts f{join}"
+        " WHERE f.day >= $1 AND f.day < $2 GROUP BY f.day ORDER BY f.day",
+        first,
+        last,
         *extra,
     )
-    by_window = {row[0] - 1: row for row in rows}
-    columns = [
-        "social_impressions",
-        "page_views",
-        "unique_visitors",
-        "podcast_listeners",
-        "social_follows",
-        "social_comments",
-        "social_shares",
-        "social_likes",
-        "podcast_downloads",
-        "_orders",
-        "_revenue",
-        "affiliate_revenue",
-        "_csat_answers",
-        "_csat_good",
-        "_referrers",
-    ]
-    out: dict[str, Values] = {name: [] for name in columns}
-    for index in range(len(windows)):
-        row = by_window.get(index)
-        for position, name in enumerate(columns, start=1):
-            out[name].append(float(row[position] or 0) if row else 0.0)
-    out["average_order_value"] = [
-        formulas.ratio(r or 0, n or 0) for r, n in zip(out.pop("_revenue"), out.pop("_orders"), strict=True)
-    ]
-    out["csat"] = [
-        formulas.ratio(g or 0, a or 0) for g, a in zip(out.pop("_csat_good"), out.pop("_csat_answers"), strict=True)
-    ]
+    days = [row[0] for row in rows]
+    width = len(_SUMS) + len(_DISTINCT)
+    running = [[0.0] * width]
+    for row in rows:
+        running.append([a + float(b or 0) for a, b in zip(running[-1], row[1:], strict=True)])
+
+    def total(window: Window, position: int) -> float:
+        lo = bisect.bisect_left(days, window.start.date())
+        hi = bisect.bisect_left(days, window.end.date())
+        return running[hi][position] - running[lo][position]
+
+    out: dict[str, Values] = {name: [total(w, i) for w in windows] for i, name in enumerate(_SUMS)}
+    for offset, name in enumerate(_DISTINCT):
+        out[name] = [total(w, len(_SUMS) + offset) for w in windows]
+    longer = [i for i, w in enumerate(windows) if w.end - w.start > timedelta(days=1)]
+    if longer:
+        distinct = ", ".join(
+            f"count(DISTINCT f.customer_id) FILTER (WHERE f.{column} > 0)" for column in _DISTINCT.values()
+        )
+        source_join, source_param = _source_join("f", source, 4)
+        found = await db.fetch(
+            f"""
+            SELECT b.i, {distinct}
+            FROM unnest($1::date[], $2::date[], $3::int[]) AS b(s, e, i)
+            JOIN daily_facts f ON f.day >= b.s AND f.day < b.e{source_join}
+            GROUP BY b.i
+            """,
+            [windows[i].start.date() for i in longer],
+            [windows[i].end.date() for i in longer],
+            longer,
+            *source_param,
+        )
+        for index in longer:
+            for name in _DISTINCT:
+                out[name][index] = 0.0
+        for row in found:
+            for offset, name in enumerate(_DISTINCT, start=1):
+                out[name][row[0]] = float(row[offset])
+    revenue, orders = out.pop("_revenue"), out.pop("_orders")
+    out["average_order_value"] = [formulas.ratio(r or 0, n or 0) for r, n in zip(revenue, orders, strict=True)]
+    good, answers = out.pop("_csat_good"), out.pop("_csat_answers")
+    out["csat"] = [formulas.ratio(g or 0, a or 0) for g, a in zip(good, answers, strict=True)]
     return out
 
 
