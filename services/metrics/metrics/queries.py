@@ -134,34 +134,47 @@ async def _daily(db: Db, windows: Sequence[Window], source: str | None) -> dict[
     for offset, name in enumerate(_DISTINCT):
         out[name] = [total(w, len(_SUMS) + offset) for w in windows]
     longer = [i for i, w in enumerate(windows) if w.end - w.start > timedelta(days=1)]
-    if longer:
+    for name in _DISTINCT:
+        for index in longer:
+            out[name][index] = 0.0
+    for run in _contiguous_runs(windows, longer):
+        # One pass per run of back-to-back windows: each row falls in exactly one of them.
         distinct = ", ".join(
             f"count(DISTINCT f.customer_id) FILTER (WHERE f.{column} > 0)" for column in _DISTINCT.values()
         )
         source_join, source_param = _source_join("f", source, 4)
         found = await db.fetch(
             f"""
-            SELECT b.i, {distinct}
-            FROM unnest($1::date[], $2::date[], $3::int[]) AS b(s, e, i)
-            JOIN daily_facts f ON f.day >= b.s AND f.day < b.e{source_join}
-            GROUP BY b.i
+            SELECT width_bucket(f.day, $3::date[]), {distinct}
+            FROM daily_facts f{source_join}
+            WHERE f.day >= $1 AND f.day < $2
+            GROUP BY 1
             """,
-            [windows[i].start.date() for i in longer],
-            [windows[i].end.date() for i in longer],
-            longer,
+            windows[run[0]].start.date(),
+            windows[run[-1]].end.date(),
+            [windows[i].start.date() for i in run],
             *source_param,
         )
-        for index in longer:
-            for name in _DISTINCT:
-                out[name][index] = 0.0
         for row in found:
             for offset, name in enumerate(_DISTINCT, start=1):
-                out[name][row[0]] = float(row[offset])
+                out[name][run[row[0] - 1]] = float(row[offset])
     revenue, orders = out.pop("_revenue"), out.pop("_orders")
     out["average_order_value"] = [formulas.ratio(r or 0, n or 0) for r, n in zip(revenue, orders, strict=True)]
     good, answers = out.pop("_csat_good"), out.pop("_csat_answers")
     out["csat"] = [formulas.ratio(g or 0, a or 0) for g, a in zip(good, answers, strict=True)]
     return out
+
+
+def _contiguous_runs(windows: Sequence[Window], indexes: Sequence[int]) -> list[list[int]]:
+    """The windows as runs in which each starts where the one before ended (the buckets; the whole apart)."""
+    runs: list[list[int]] = []
+    for index in sorted(indexes, key=lambda i: (windows[i].start, windows[i].end)):
+        run = next((r for r in runs if windows[r[-1]].end == windows[index].start), None)
+        if run is None:
+            runs.append([index])
+        else:
+            run.append(index)
+    return runs
 
 
 def _bounds(windows: Sequence[Window]) -> tuple[list[datetime], list[datetime]]:

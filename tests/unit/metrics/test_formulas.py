@@ -119,3 +119,12 @@ def test_active_counts_agree_with_each_timeline(moves: list[tuple[int, str]]) ->
     timelines = [Timeline(day(10), [(day(n), h) for n, h in sorted(moves)])]
     instants = [day(n) for n in range(0, 110, 7)]
     assert formulas.active_counts(timelines, instants) == [int(timelines[0].active_at(i)) for i in instants]
+
+
+def test_back_to_back_buckets_form_one_run_and_the_whole_window_its_own() -> None:
+    from metrics.queries import _contiguous_runs, day_windows, midnight
+
+    buckets = day_windows(date(2026, 1, 1), date(2026, 3, 1), "month")
+    whole = Window(midnight(date(2026, 1, 1)), midnight(date(2026, 3, 1)))
+    windows = [*buckets, whole]
+    assert _contiguous_runs(windows, range(len(windows))) == [[0, 1], [2]]
