@@ -61,6 +61,17 @@ def parse_range(start: str | None, end: str | None) -> tuple[date, date]:
     return first, last
 
 
+def parse_buckets(start: str | None, end: str | None, granularity: str) -> tuple[date, date, list[Window]]:
+    """The window and its buckets, or a 400 naming the parameter."""
+    if granularity not in GRANULARITIES:
+        raise bad("granularity", f"must be one of {', '.join(GRANULARITIES)}")
+    first, last = parse_range(start, end)
+    buckets = queries.day_windows(first, last, granularity)
+    if len(buckets) > MAX_BUCKETS:
+        raise bad("granularity", f"{len(buckets)} buckets; at most {MAX_BUCKETS}: use a coarser granularity")
+    return first, last, buckets
+
+
 class Point(BaseModel):
     start: date
     value: float | None
@@ -110,12 +121,7 @@ async def metrics(
     unknown = [n for n in wanted if n not in METRICS]
     if unknown or not wanted:
         raise bad("names", f"unknown metric(s) {', '.join(unknown) or '(none)'}; see /v1/metrics/names")
-    if granularity not in GRANULARITIES:
-        raise bad("granularity", f"must be one of {', '.join(GRANULARITIES)}")
-    first, last = parse_range(start, end)
-    buckets = queries.day_windows(first, last, granularity)
-    if len(buckets) > MAX_BUCKETS:
-        raise bad("granularity", f"{len(buckets)} buckets; at most {MAX_BUCKETS}: use a coarser granularity")
+    first, last, buckets = parse_buckets(start, end, granularity)
     whole = Window(queries.midnight(first), queries.midnight(last))
     async with transaction(engine) as db:
         values = await queries.compute(db, wanted, [*buckets, whole], source)
@@ -144,12 +150,7 @@ async def stages(
     granularity: str = "day",
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Customers at each stage at the end of each bucket."""
-    if granularity not in GRANULARITIES:
-        raise bad("granularity", f"must be one of {', '.join(GRANULARITIES)}")
-    first, last = parse_range(start, end)
-    buckets = queries.day_windows(first, last, granularity)
-    if len(buckets) > MAX_BUCKETS:
-        raise bad("granularity", f"{len(buckets)} buckets; at most {MAX_BUCKETS}: use a coarser granularity")
+    *_, buckets = parse_buckets(start, end, granularity)
     async with transaction(engine) as db:
         counts = await queries.stage_series(db, [w.end for w in buckets])
     return {
