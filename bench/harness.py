@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from clm_cli.infra.kafka import KafkaServer
 from clm_cli.infra.postgres import PostgresServer
 from clm_cli.infra.process import free_port, two_free_ports
+from clm_shared.kafka.admin import partitions_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,3 +73,49 @@ def write_results(name: str, summary: dict[str, Any]) -> None:
     out = results / f"{name}-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     out.write_text(json.dumps(summary, indent=2))
     print(f"  written to {out.relative_to(ROOT)}")
+
+
+async def end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[TopicPartition, int]:
+    """Every partition's end offset: what a consumer group must have committed to be done."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in await partitions_of(bootstrap, t)]
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        return ends
+    finally:
+        await consumer.stop()
+
+
+async def wait_consumed(
+    bootstrap: str, groups: dict[str, list[str]], ends: dict[TopicPartition, int], timeout_s: float
+) -> dict[str, float]:
+    """Seconds until each group's committed offsets reach the topics' end offsets.
+
+    Cheap for the machine being measured (one admin request per group and poll), unlike counting rows.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    began = time.monotonic()
+    done: dict[str, float] = {}
+    try:
+        while len(done) < len(groups):
+            for group, group_topics in groups.items():
+                if group in done:
+                    continue
+                try:
+                    committed = await admin.list_consumer_group_offsets(group)
+                except Exception:  # the group's coordinator is not there yet
+                    committed = {}
+                if all(
+                    committed.get(tp) is not None and committed[tp].offset >= end
+                    for tp, end in ends.items()
+                    if tp.topic in group_topics and end > 0
+                ):
+                    done[group] = time.monotonic() - began
+            if time.monotonic() - began > timeout_s:
+                raise SystemExit(f"{', '.join(groups)} did not consume the backlog within {timeout_s:.0f}s")
+            await asyncio.sleep(0.25)
+    finally:
+        await admin.close()
+    return done

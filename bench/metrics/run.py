@@ -26,10 +26,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer
 
-from bench.harness import scratch_infra, wait_ready, write_results
+from bench.harness import end_offsets, scratch_infra, wait_consumed, wait_ready, write_results
 from bench.metrics.dataset import customer
 from clm_cli.infra.process import free_port
 from clm_shared.cloudevents import CloudEventDeserializer
@@ -104,17 +103,6 @@ async def write_backlog(bootstrap: str, topics: Topics, now: datetime) -> tuple[
     return touchpoints, lifecycle, time.monotonic() - began
 
 
-async def end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
-        return ends
-    finally:
-        await consumer.stop()
-
-
 async def consume_only(bootstrap: str, topics: Topics, total: int) -> float:
     """Seconds to fetch and decode the whole backlog with the service's own deserializers, no database."""
     touchpoint = JsonDeserializer(Touchpoint)
@@ -142,37 +130,6 @@ async def consume_only(bootstrap: str, topics: Topics, total: int) -> float:
     finally:
         await consumer.stop()
     return time.monotonic() - began
-
-
-async def wait_consumed(
-    bootstrap: str, groups: dict[str, list[str]], ends: dict[TopicPartition, int], timeout_s: float
-) -> dict[str, float]:
-    """Seconds until each group's committed offsets reach the topics' end offsets."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    began = time.monotonic()
-    done: dict[str, float] = {}
-    try:
-        while len(done) < len(groups):
-            for group, group_topics in groups.items():
-                if group in done:
-                    continue
-                try:
-                    committed = await admin.list_consumer_group_offsets(group)
-                except Exception:  # the group's coordinator is not there yet
-                    committed = {}
-                if all(
-                    committed.get(tp) is not None and committed[tp].offset >= end
-                    for tp, end in ends.items()
-                    if tp.topic in group_topics and end > 0
-                ):
-                    done[group] = time.monotonic() - began
-            if time.monotonic() - began > timeout_s:
-                raise SystemExit(f"the metrics service did not consume the backlog within {timeout_s:.0f}s")
-            await asyncio.sleep(0.25)
-    finally:
-        await admin.close()
-    return done
 
 
 def percentile(ordered: Sequence[float], share: float) -> float:

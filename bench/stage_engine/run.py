@@ -22,7 +22,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from bench.harness import scratch_infra, wait_ready, write_results
+from bench.harness import end_offsets, scratch_infra, wait_consumed, wait_ready, write_results
 from clm_cli.infra.process import free_port
 from clm_shared.categories import categorize
 from clm_shared.cloudevents import decode
@@ -35,6 +35,7 @@ from clm_shared.serde import JsonSerializer
 from clm_shared.topics import Topics
 from ingest.app import MIGRATIONS as INGEST_MIGRATIONS
 from ingest.keys import create_key
+from stage_engine.app import GROUP_ID
 
 ROOT = Path(__file__).resolve().parents[2]
 CUSTOMERS = int(os.environ.get("BENCH_CUSTOMERS", "100000"))
@@ -87,28 +88,6 @@ async def write_backlog(bootstrap: str, topic: str) -> float:
                 )
     finally:
         await publisher.stop()
-    return time.monotonic() - began
-
-
-async def applied(database_url: str) -> int:
-    engine = create_engine(database_url, schema="stage_engine", pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            from sqlalchemy import text
-
-            return int(await conn.scalar(text("SELECT count(*) FROM processed_messages")) or 0)
-    except Exception:
-        return 0
-    finally:
-        await engine.dispose()
-
-
-async def wait_applied(database_url: str, total: int, timeout_s: float) -> float:
-    began = time.monotonic()
-    while await applied(database_url) < total:
-        if time.monotonic() - began > timeout_s:
-            raise SystemExit(f"the engine did not apply {total} touchpoints within {timeout_s:.0f}s")
-        await asyncio.sleep(0.5)
     return time.monotonic() - began
 
 
@@ -205,10 +184,12 @@ def main() -> None:
         log = (infra.scratch / "services.log").open("wb")
         processes: list[subprocess.Popen[bytes]] = []
         try:
+            ends = asyncio.run(end_offsets(kafka.bootstrap, [topics.touchpoints]))
             began = time.monotonic()
             processes.append(subprocess.Popen([sys.executable, "-m", "stage_engine"], env=env, stdout=log, stderr=log))
             print("catching up...", flush=True)
-            asyncio.run(wait_applied(postgres.url, total, timeout_s=3600))
+            # Done when the group has committed every offset: nothing in the database is polled meanwhile.
+            asyncio.run(wait_consumed(kafka.bootstrap, {GROUP_ID: [topics.touchpoints]}, ends, timeout_s=3600))
             catch_up_s = time.monotonic() - began
             processes.append(subprocess.Popen([sys.executable, "-m", "ingest"], env=env, stdout=log, stderr=log))
             wait_ready(f"http://127.0.0.1:{ingest_port}")
