@@ -54,11 +54,18 @@ async def compute(db: Db, names: Sequence[str], windows: Sequence[Window], sourc
     """Each named metric over each window."""
     wanted = set(names)
     out: dict[str, Values] = {}
+    loaded: dict[str, datetime] | None = None
+
+    async def conversions() -> dict[str, datetime]:
+        nonlocal loaded  # several metrics need them: read once per request
+        if loaded is None:
+            loaded = await _conversions(db, source)
+        return loaded
+
     if wanted & DAILY:
         out.update(await _daily(db, windows, source))
     if "referral_rate" in wanted:
-        conversions = await _conversions(db, source)
-        bases = formulas.counts_before(conversions.values(), [w.end for w in windows])
+        bases = formulas.counts_before((await conversions()).values(), [w.end for w in windows])
         referrers = out.pop("_referrers")
         out["referral_rate"] = [formulas.ratio(r or 0, b) for r, b in zip(referrers, bases, strict=True)]
     if "nps" in wanted:
@@ -68,7 +75,7 @@ async def compute(db: Db, names: Sequence[str], windows: Sequence[Window], sourc
     if "cart_abandonment_rate" in wanted:
         out["cart_abandonment_rate"] = await _carts(db, windows, source)
     if wanted & LIFECYCLE:
-        timelines, churns = await _timelines(db, source)
+        timelines, churns = await _timelines(db, source, await conversions())
         # Each rate walks every converted customer's timeline: compute only the ones asked for.
         if "churn_rate" in wanted:
             out["churn_rate"] = formulas.churn_rates(timelines, churns, windows)
@@ -81,8 +88,8 @@ async def compute(db: Db, names: Sequence[str], windows: Sequence[Window], sourc
             {cid: [at for at, _ in items] for cid, items in orders.items()}, ends
         )
         if "clv_historical" in wanted:
-            conversions = await _conversions(db, source)
-            out["clv_historical"] = [formulas.clv_historical(orders, conversions, end) for end in ends]
+            converted = await conversions()
+            out["clv_historical"] = [formulas.clv_historical(orders, converted, end) for end in ends]
     return {name: out[name] for name in names}
 
 
@@ -248,8 +255,9 @@ async def _conversions(db: Db, source: str | None) -> dict[str, datetime]:
     return {row[0]: row[1] for row in rows}
 
 
-async def _timelines(db: Db, source: str | None) -> tuple[dict[str, Timeline], list[tuple[str, datetime]]]:
-    conversions = await _conversions(db, source)
+async def _timelines(
+    db: Db, source: str | None, conversions: dict[str, datetime]
+) -> tuple[dict[str, Timeline], list[tuple[str, datetime]]]:
     join, extra = _source_join("h", source, 1)
     rows = await db.fetch(f"SELECT h.customer_id, h.at, h.health FROM health_changes h{join} ORDER BY h.at", *extra)
     health: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
