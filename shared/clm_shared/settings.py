@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -54,6 +55,63 @@ class Settings(BaseSettings):
     metrics_clv_refit_interval_s: float = Field(
         3600, ge=10, le=7 * 86400, description="How often the metrics service refits the predicted-CLV model."
     )
+    campaigns_max_trigger_age: timedelta = Field(
+        timedelta(hours=24),
+        description="A campaign trigger older than this when decided is skipped as `stale` (seconds or ISO 8601).",
+    )
+    campaigns_frequency_cap: int = Field(
+        3, ge=0, le=1000, description="Messages one customer may get from all non-transactional campaigns per window."
+    )
+    campaigns_frequency_window: timedelta = Field(
+        timedelta(days=7), description="The window of the frequency cap (seconds or ISO 8601)."
+    )
+    campaigns_quiet_hours: str = Field(
+        "21:00-08:00",
+        description="Local hours (the customer's timezone trait, else UTC) in which sends wait; empty for none.",
+    )
+    campaigns_holdout_percent: float = Field(
+        10.0, ge=0, le=100, description="Default share of a campaign's audience held out to measure uplift."
+    )
+    campaigns_attribution_window: timedelta = Field(
+        timedelta(days=7), description="An order this long after a send counts as that campaign's conversion."
+    )
+    campaigns_send_attempts: int = Field(5, ge=1, le=50, description="Tries of one send before it is marked failed.")
+    campaigns_retry_base_s: float = Field(
+        30.0, gt=0, le=86400, description="First retry delay of a failed send; doubled at each further try."
+    )
+    campaigns_tick_interval_s: float = Field(
+        0.25, gt=0, le=60, description="How often the campaigns service looks for due waits and sends."
+    )
+    campaigns_dedup_days: float = Field(
+        30, gt=0, le=3650, description="How long the campaigns service remembers an event id to drop duplicates."
+    )
+    campaigns_dir: Path | None = Field(
+        None, description="A folder of campaign YAML files loaded besides the shipped ones."
+    )
+    campaigns_public_url: str = Field(
+        "http://127.0.0.1:8004", description="Base URL of the campaigns service in links sent to customers."
+    )
+    campaigns_signing_key: SecretStr | None = Field(
+        None,
+        description="Key that signs unsubscribe links and referral codes; generated into <data dir>/campaigns-key"
+        " when unset.",
+    )
+    campaigns_url: str = Field(
+        "http://127.0.0.1:8004", description="Where the metrics dashboard reaches the campaigns API."
+    )
+    smtp_host: str | None = Field(
+        None, description="SMTP server for campaign email; unset, `clm up` starts a local sink and uses it."
+    )
+    smtp_port: int = Field(8025, ge=1, le=65535, description="Port of the SMTP server.")
+    smtp_tls: Literal["none", "starttls", "tls"] = Field("none", description="SMTP transport security.")
+    smtp_username: str | None = Field(None, description="SMTP login user, if the server needs one.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP login password (never logged).")
+    smtp_timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout of one SMTP conversation.")
+    mail_from: str = Field("clm <noreply@clm.invalid>", description="The From header of campaign email.")
+    webhook_secret: SecretStr | None = Field(
+        None, description="Key of the HMAC-SHA256 signature on campaign webhooks; else the campaigns signing key."
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, le=120, description="Timeout of one campaign webhook call.")
     erasure_key: SecretStr | None = Field(
         None,
         description="Key of the keyed hash that erased ids are remembered by; generated into <data dir>/erasure-key"

@@ -1,7 +1,6 @@
-"""Alembic environment of campaigns: no tables yet, so the history is empty."""
+"""Alembic environment of campaigns: its history of the tables in `campaigns.tables`."""
 
-from sqlalchemy import MetaData
-
+from campaigns.tables import metadata
 from clm_shared.migrations import run_env
 
-run_env(MetaData())
+run_env(metadata)
