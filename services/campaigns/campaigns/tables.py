@@ -66,6 +66,7 @@ profiles = Table(
     Column("traits", JSONB, nullable=False, server_default="{}"),
     Column("stage", Text, nullable=True),
     Column("health", Text, nullable=True),
+    Column("event_sequence", BigInteger, nullable=False, server_default="0"),  # of its campaign events
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 

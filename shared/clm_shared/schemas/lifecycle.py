@@ -89,3 +89,32 @@ class CustomerMerged(_ChangeData):
 
 class CustomerErased(_ChangeData):
     erased_at: datetime
+
+
+class _CampaignData(_ChangeData):
+    campaign_id: str
+    version: int
+    run_id: int
+
+
+class CampaignSent(_CampaignData):
+    message_id: int = Field(description="The campaigns service's message row: one per send.")
+    step: str
+    channel: str
+    variant: str | None
+    sent_at: datetime
+
+
+class CampaignFailed(_CampaignData):
+    message_id: int
+    step: str
+    channel: str
+    attempts: int
+    error: str = Field(description="What went wrong, with no address or secret in it.")
+    failed_at: datetime
+
+
+class CampaignConverted(_CampaignData):
+    order_message_id: str = Field(description="The `Order Completed` touchpoint credited to the campaign.")
+    revenue: float
+    event_time: datetime

@@ -89,6 +89,7 @@ def upgrade() -> None:
         sa.Column("traits", postgresql.JSONB(astext_type=Text()), server_default="{}", nullable=False),
         sa.Column("stage", sa.Text(), nullable=True),
         sa.Column("health", sa.Text(), nullable=True),
+        sa.Column("event_sequence", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.PrimaryKeyConstraint("customer_id"),
     )
