@@ -210,15 +210,33 @@ class DefinitionError(ValueError):
     """A campaign definition is wrong; the message names the file (if any) and the field."""
 
 
+_STEP_TYPES = frozenset({"send", "wait", "wait_for_event", "split"})
+# a model validator names its field at the start of its message: "template: an email step needs ..."
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*): (.+)$", re.DOTALL)
+
+
+def _path(loc: tuple[int | str, ...]) -> list[str]:
+    """The field path of an error: no validator wrappers, and no step type after ``steps.<n>``.
+
+    The discriminated union puts the tag in the location (``steps.1.send.template``); only that one
+    position is dropped, so a variant or key that happens to be called ``send`` stays in the path.
+    """
+    kept = [part for part in loc if not (isinstance(part, str) and part.startswith("function-"))]
+    if len(kept) >= 3 and kept[0] == "steps" and isinstance(kept[1], int) and kept[2] in _STEP_TYPES:
+        del kept[2]
+    return [str(part) for part in kept]
+
+
 def describe(exc: ValidationError) -> str:
     """``steps.1.duration: a duration like ...``: each problem with its field path, never the input."""
     parts = []
     for error in exc.errors(include_input=False, include_url=False):
-        path = ".".join(str(p) for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        # the discriminated union puts the step type in the path: steps.1.send.template -> steps.1.template
-        path = re.sub(r"\.(send|wait|wait_for_event|split)(?=\.|$)", "", path)
+        path = _path(error["loc"])
         message = str(error["msg"]).removeprefix("Value error, ")
-        parts.append(f"{path}: {message}" if path else message)
+        if match := _FIELD_PREFIX.match(message):
+            path.append(match.group(1))
+            message = match.group(2)
+        parts.append(f"{'.'.join(path)}: {message}" if path else message)
     return "; ".join(parts)
 
 
