@@ -74,11 +74,15 @@ class QuietHours:
         local = due.astimezone(zone)
         if not self.contains(local.timetz().replace(tzinfo=None)):
             return due
-        end = datetime.combine(local.date(), self.end, tzinfo=zone)
-        if end <= local:
-            end = datetime.combine(local.date() + timedelta(days=1), self.end, tzinfo=zone)
-        # a DST gap can make the wall time not exist: normalise through UTC
-        return end.astimezone(due.tzinfo)
+        # the first end after ``due`` as an instant: datetimes of one zone compare by wall time, which is wrong
+        # in the hour a DST change repeats (fold=1 is its second occurrence); a wall time in a DST gap does not
+        # exist, and fold=0 reads it with the offset before the change, which lands after the gap
+        for day in (local.date(), local.date() + timedelta(days=1)):
+            for fold in (0, 1):
+                end = datetime.combine(day, self.end.replace(fold=fold), tzinfo=zone)
+                if end.astimezone(UTC_ZONE) > due.astimezone(UTC_ZONE):
+                    return end.astimezone(due.tzinfo)
+        return end.astimezone(due.tzinfo)  # not reached: the next day's end is always later
 
 
 @dataclass(frozen=True)
