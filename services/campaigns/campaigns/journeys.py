@@ -294,13 +294,14 @@ class Journeys:
             moved = quiet.release(due, profile.timezone)
             if moved != due:
                 due, reason = moved, "quiet_hours"
-                self.plan.counts[(campaign.id, "held:quiet_hours")] += 1
         if not campaign.transactional:
             if self.ledger.allows(run.customer_id, due):
                 self.ledger.record(run.customer_id, due)
             else:
                 status, reason = "held", "capped"
                 self.plan.counts[(campaign.id, "held:capped")] += 1
+        if reason == "quiet_hours":
+            self.plan.counts[(campaign.id, "held:quiet_hours")] += 1
         self.plan.sends.append(
             Send(
                 run=run,

@@ -1,0 +1,234 @@
+"""The campaigns service on real Kafka, PostgreSQL and SMTP: who gets what, when, once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from campaigns.guardrails import assign_variant, in_holdout
+from campaigns.registry import set_status
+from clm_shared.schemas.lifecycle import EventType, Health, Stage
+from clm_shared.settings import Settings
+from clm_shared.topics import Topics
+from clm_shared.transactions import transaction
+from tests.utils.campaigns import CampaignsUnderTest, running_campaigns
+from tests.utils.clock import FakeClock
+from tests.utils.factories import touchpoint
+from tests.waiting import wait_for
+
+T = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday, noon UTC: outside quiet hours
+QUIET_OFF = {"campaigns_quiet_hours": "", "campaigns_holdout_percent": 0.0}
+
+
+def addr(customer: str) -> str:
+    return f"{customer}@example.test"
+
+
+def identify(customer: str, at: datetime, **traits: object) -> object:
+    return touchpoint(
+        None, customer=customer, call_type="identify", at=at, traits={"email": addr(customer), **traits}
+    )
+
+
+@pytest.fixture
+async def svc(settings: Settings, topics: Topics, tmp_path: Path) -> AsyncIterator[CampaignsUnderTest]:
+    async with running_campaigns(settings, topics, FakeClock(T), tmp_path / "mail", **QUIET_OFF) as svc:
+        yield svc
+
+
+async def sent_count(svc: CampaignsUnderTest, customer: str, status: str = "sent") -> int:
+    return int(
+        await svc.value("SELECT count(*) FROM messages WHERE customer_id = $1 AND status = $2", customer, status)
+    )
+
+
+async def test_welcome_reaches_the_customer_once_with_their_name_and_an_unsubscribe_link(
+    svc: CampaignsUnderTest,
+) -> None:
+    await svc.touch(identify("ann", T - timedelta(minutes=5), first_name="Ann <b>&"))
+    await svc.settled()
+    first = await svc.stage("ann", Stage.ENGAGEMENT, T - timedelta(minutes=1))
+    # the same event delivered twice, and the stage reported again under another id (a replay upstream)
+    await svc.stage("ann", Stage.ENGAGEMENT, T - timedelta(minutes=1), event_id=first)
+    await svc.stage("ann", Stage.ENGAGEMENT, T - timedelta(minutes=1))
+    await svc.settled()
+    await wait_for(lambda: len(svc.mails_to(addr("ann"))) >= 1, what="the welcome email")
+    mail = svc.mails_to(addr("ann"))[0]
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "/v1/unsubscribe/" in mail["List-Unsubscribe"]
+    html = mail.get_body(("html",))
+    text = mail.get_body(("plain",))
+    assert html is not None and text is not None
+    assert "Ann &lt;b&gt;&amp;" in html.get_content()
+    assert "Ann <b>&" in text.get_content()
+    events = await svc.campaign_events(1)
+    assert [(e.type, e.data["campaign_id"], e.subject) for e in events] == [(EventType.CAMPAIGN_SENT, "welcome", "ann")]
+    assert len(svc.mails_to(addr("ann"))) == 1
+    assert await svc.counts("welcome") == {"entered": 1, "completed": 1, "sent": 1}
+
+
+async def test_abandoned_cart_fires_without_an_order_and_exits_when_the_order_arrives(
+    svc: CampaignsUnderTest,
+) -> None:
+    start = T - timedelta(minutes=2)
+    await svc.touch(identify("bob", start), identify("cat", start), identify("dan", start))
+    for customer in ("bob", "cat", "dan"):
+        await svc.touch(touchpoint("Checkout Started", customer=customer, at=start, checkout_id=f"k-{customer}"))
+    # dan orders within the hour: his run ends before any reminder
+    await svc.touch(touchpoint("Order Completed", customer="dan", at=start + timedelta(minutes=1), checkout_id="k-dan"))
+    await svc.settled()
+    assert await svc.value("SELECT status FROM runs WHERE customer_id = 'dan'") == "exited"
+
+    svc.clock.now = start + timedelta(hours=1, seconds=1)
+    await wait_for(lambda: len(svc.mails_to(addr("bob"))) == 1 and len(svc.mails_to(addr("cat"))) == 1, what="reminders")
+    # cat orders after the first reminder: no second one, and the order is the campaign's conversion
+    await svc.touch(
+        touchpoint(
+            "Order Completed", customer="cat", at=start + timedelta(hours=2), checkout_id="k-cat", revenue=42.0
+        )
+    )
+    await svc.settled()
+    svc.clock.now = start + timedelta(hours=25, seconds=2)
+    await wait_for(lambda: len(svc.mails_to(addr("bob"))) == 2, what="bob's second reminder")
+    assert len(svc.mails_to(addr("cat"))) == 1 and svc.mails_to(addr("dan")) == []
+    variant = assign_variant("bob", "abandoned-cart", {"A": 50, "B": 50})
+    second = svc.mails_to(addr("bob"))[1]
+    body = second.get_body(("plain",))
+    assert body is not None
+    assert ("COMEBACK10" in body.get_content()) == (variant == "B")
+    rows = await svc.messages("bob")
+    assert [(r["step_name"], r["status"], r["variant"]) for r in rows] == [
+        ("reminder", "sent", variant),
+        ("second-reminder", "sent", variant),
+    ]
+    events = await svc.campaign_events(4)
+    assert sorted((e.type, e.subject) for e in events) == [
+        (EventType.CAMPAIGN_CONVERTED, "cat"),
+        (EventType.CAMPAIGN_SENT, "bob"),
+        (EventType.CAMPAIGN_SENT, "bob"),
+        (EventType.CAMPAIGN_SENT, "cat"),
+    ]
+    counts = await svc.counts("abandoned-cart")
+    assert counts["entered"] == 3 and counts["exited"] == 2 and counts["converted"] == 1 and counts["sent"] == 3
+
+
+async def test_the_frequency_cap_holds_the_fourth_message_in_a_week_and_says_so(svc: CampaignsUnderTest) -> None:
+    at = T - timedelta(minutes=1)
+    await svc.touch(identify("eve", at - timedelta(minutes=1)))
+    await svc.settled()
+    for stage in (Stage.ENGAGEMENT, Stage.CONVERSION, Stage.RETENTION, Stage.LOYALTY):
+        await svc.stage("eve", stage, at)
+    await svc.settled()
+    await wait_for(lambda: len(svc.mails_to(addr("eve"))) == 3, what="three messages")
+    rows = await svc.messages("eve")
+    assert [(r["campaign_id"], r["status"], r["reason"]) for r in rows] == [
+        ("welcome", "sent", None),
+        ("post-purchase", "sent", None),
+        ("recommendations", "sent", None),
+        ("loyalty-invite", "held", "capped"),
+    ]
+    assert (await svc.counts("loyalty-invite"))["held:capped"] == 1
+
+
+async def test_stale_triggers_suppressed_customers_and_paused_campaigns_send_nothing(svc: CampaignsUnderTest) -> None:
+    await svc.touch(identify("old", T - timedelta(days=3)), identify("gus", T), identify("hal", T))
+    await svc.touch(touchpoint("Unsubscribed", customer="gus", at=T))
+    await svc.settled()
+    async with transaction(svc.app.state.ctx.engine) as db:
+        assert await set_status(db, "loyalty-invite", "paused", now=T)
+    await svc.stage("old", Stage.ENGAGEMENT, T - timedelta(days=2))  # a replayed, two-day-old stage change
+    await svc.stage("gus", Stage.ENGAGEMENT, T)
+    await svc.stage("hal", Stage.LOYALTY, T)
+    await svc.settled()
+    await wait_for(lambda: _status_is(svc, "gus", "held"), what="gus held back")
+    assert [(r["status"], r["reason"]) for r in await svc.messages("old")] == [("held", "stale")]
+    assert [(r["status"], r["reason"]) for r in await svc.messages("gus")] == [("held", "suppressed")]
+    assert [(r["status"], r["reason"]) for r in await svc.messages("hal")] == [("held", "paused")]
+    assert svc.sink.messages() == []
+
+
+async def _status_is(svc: CampaignsUnderTest, customer: str, status: str) -> bool:
+    rows = await svc.messages(customer)
+    return bool(rows) and all(r["status"] == status for r in rows)
+
+
+async def test_an_erased_customer_leaves_only_anonymous_counts(svc: CampaignsUnderTest) -> None:
+    await svc.touch(identify("ivy", T))
+    await svc.touch(touchpoint("Order Completed", customer="ivy", at=T, products=[{"product_id": "p1"}]))
+    await svc.settled()
+    await svc.stage("ivy", Stage.ENGAGEMENT, T)
+    await svc.settled()
+    await wait_for(lambda: len(svc.mails_to(addr("ivy"))) == 1, what="the welcome email")
+    await svc.erase("ivy", T)
+    await svc.settled()
+    for table in ("runs", "messages", "profiles", "purchases", "identities"):
+        left = await svc.value(
+            f"SELECT count(*) FROM {table} WHERE {'alias_id' if table == 'identities' else 'customer_id'} = 'ivy'"
+        )
+        assert left == 0, table
+    assert (await svc.counts("welcome"))["sent"] == 1
+
+
+async def test_health_triggers_at_risk_and_win_back(svc: CampaignsUnderTest) -> None:
+    await svc.touch(identify("jo", T, first_name="Jo"))
+    await svc.settled()
+    await svc.health("jo", Health.AT_RISK, T)
+    await svc.health("jo", Health.CHURNED, T + timedelta(seconds=1))
+    await svc.settled()
+    await wait_for(lambda: len(svc.mails_to(addr("jo"))) == 2, what="nudge and win-back")
+    assert [r["campaign_id"] for r in await svc.messages("jo")] == ["at-risk-nudge", "win-back"]
+
+
+async def test_quiet_hours_move_a_send_to_the_morning_in_the_customers_timezone(
+    settings: Settings, topics: Topics, tmp_path: Path
+) -> None:
+    evening = datetime(2026, 3, 2, 22, 30, tzinfo=UTC)  # 23:30 in Berlin, 17:30 in New York
+    clock = FakeClock(evening)
+    async with running_campaigns(settings, topics, clock, tmp_path / "mail", campaigns_holdout_percent=0.0) as svc:
+        await svc.touch(identify("kim", evening, timezone="Europe/Berlin"), identify("lee", evening, timezone="America/New_York"))
+        await svc.settled()
+        await svc.stage("kim", Stage.ENGAGEMENT, evening)
+        await svc.stage("lee", Stage.ENGAGEMENT, evening)
+        await svc.settled()
+        await wait_for(lambda: len(svc.mails_to(addr("lee"))) == 1, what="lee's welcome (not quiet in New York)")
+        rows = await svc.messages("kim")
+        assert [(r["status"], r["reason"], r["due_at"]) for r in rows] == [
+            ("pending", "quiet_hours", datetime(2026, 3, 3, 7, 0, tzinfo=UTC))  # 08:00 in Berlin
+        ]
+        assert svc.mails_to(addr("kim")) == []
+        clock.now = datetime(2026, 3, 3, 7, 0, 1, tzinfo=UTC)
+        await wait_for(lambda: len(svc.mails_to(addr("kim"))) == 1, what="kim's welcome in the morning")
+
+
+async def test_holdout_and_ab_groups_are_the_deterministic_ones(
+    settings: Settings, topics: Topics, tmp_path: Path
+) -> None:
+    clock = FakeClock(T)
+    customers = [f"h{i:03d}" for i in range(120)]
+    async with running_campaigns(
+        settings, topics, clock, tmp_path / "mail", campaigns_quiet_hours="", campaigns_holdout_percent=25.0
+    ) as svc:
+        for customer in customers:
+            await svc.touch(touchpoint("Checkout Started", customer=customer, at=T, checkout_id="k"))
+        await svc.settled()
+        expected_holdout = {c for c in customers if in_holdout(c, "abandoned-cart", 25.0)}
+        rows = await svc.fetch("SELECT customer_id, holdout FROM runs WHERE campaign_id = 'abandoned-cart'")
+        assert {r["customer_id"] for r in rows if r["holdout"]} == expected_holdout
+        assert 15 <= len(expected_holdout) <= 45
+        clock.now = T + timedelta(hours=1, seconds=1)
+        treated = len(customers) - len(expected_holdout)
+        await wait_for(
+            lambda: _count_is(svc, "SELECT count(*) FROM runs WHERE variant IS NOT NULL", treated),
+            what="every treated run split",
+        )
+        variants = await svc.fetch("SELECT customer_id, variant FROM runs WHERE variant IS NOT NULL")
+        assert all(r["variant"] == assign_variant(r["customer_id"], "abandoned-cart", {"A": 50, "B": 50}) for r in variants)
+        # no address: recorded, not lost, not sent
+        assert await _count_is(svc, "SELECT count(*) FROM messages WHERE reason = 'holdout'", len(expected_holdout))
+
+
+async def _count_is(svc: CampaignsUnderTest, sql: str, expected: int) -> bool:
+    return bool(await svc.value(sql) == expected)

@@ -1,0 +1,147 @@
+"""The campaigns service in-process on real Kafka, PostgreSQL and a real SMTP sink, driven through its topics."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from campaigns.app import create_app
+from campaigns.mail_sink import MailSink
+from clm_shared.cloudevents import decode, encode
+from clm_shared.kafka.producer import OutgoingRecord, Publisher
+from clm_shared.schemas.lifecycle import CustomerErased, EventType, HealthChanged, Health, Stage, StageChanged
+from clm_shared.schemas.touchpoint import Touchpoint
+from clm_shared.settings import Settings
+from clm_shared.topics import Topics
+from clm_shared.transactions import transaction
+from tests.utils.clock import FakeClock
+from tests.utils.kafka import read_records
+from tests.waiting import wait_for
+
+
+@dataclass
+class CampaignsUnderTest:
+    app: FastAPI
+    settings: Settings
+    topics: Topics
+    clock: FakeClock
+    sink: MailSink
+    publisher: Publisher
+    sequences: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    sent_touchpoints: set[str] = field(default_factory=set)
+    sent_events: set[str] = field(default_factory=set)
+
+    async def touch(self, *touchpoints: Touchpoint) -> None:
+        await self.publisher.publish_many(
+            [
+                OutgoingRecord(self.topics.touchpoints, tp.model_dump_json().encode(), key=tp.customer_key.encode())
+                for tp in touchpoints
+            ]
+        )
+        self.sent_touchpoints |= {tp.message_id for tp in touchpoints}
+
+    async def lifecycle(self, customer: str, kind: EventType, data: Any, at: datetime, *, event_id: str = "") -> str:
+        """Publish one lifecycle CloudEvent as the stage engine would; returns its id."""
+        self.sequences[customer] += 1
+        event_id = event_id or str(uuid.uuid4())
+        message = encode(
+            event_id=event_id,
+            event_type=kind,
+            service="stage-engine",
+            customer_id=customer,
+            sequence=self.sequences[customer],
+            time=at,
+            data=data,
+        )
+        await self.publisher.publish(
+            OutgoingRecord(
+                self.topics.stage_changes, message.value, key=customer.encode(), headers=tuple(message.headers.items())
+            )
+        )
+        self.sent_events.add(event_id)
+        return event_id
+
+    async def stage(self, customer: str, to: Stage, at: datetime, *, event_id: str = "") -> str:
+        data = StageChanged(
+            customer_id=customer, from_stage=None, to_stage=to, rule="test", message_id=None, event_time=at
+        )
+        return await self.lifecycle(customer, EventType.STAGE_CHANGED, data, at, event_id=event_id)
+
+    async def health(self, customer: str, to: Health, at: datetime) -> str:
+        data = HealthChanged(customer_id=customer, from_health=None, to_health=to, rule="test", event_time=at)
+        return await self.lifecycle(customer, EventType.HEALTH_CHANGED, data, at)
+
+    async def erase(self, customer: str, at: datetime) -> str:
+        return await self.lifecycle(
+            customer, EventType.CUSTOMER_ERASED, CustomerErased(customer_id=customer, erased_at=at), at
+        )
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        async with transaction(self.app.state.ctx.engine) as db:
+            return list(await db.fetch(sql, *args))
+
+    async def value(self, sql: str, *args: Any) -> Any:
+        async with transaction(self.app.state.ctx.engine) as db:
+            return await db.fetchval(sql, *args)
+
+    async def settled(self) -> None:
+        """Everything published so far applied (by id)."""
+
+        async def applied() -> bool:
+            touchpoints = await self.value("SELECT count(*) FROM processed_messages")
+            events = await self.value("SELECT count(*) FROM processed_events")
+            return bool(touchpoints == len(self.sent_touchpoints) and events == len(self.sent_events))
+
+        await wait_for(applied, timeout_s=30, what="every published touchpoint and event applied by campaigns")
+
+    async def messages(self, customer: str) -> list[Any]:
+        return await self.fetch(
+            "SELECT campaign_id, step, step_name, status, reason, variant, due_at, attempts FROM messages"
+            " WHERE customer_id = $1 ORDER BY message_id",
+            customer,
+        )
+
+    async def counts(self, campaign: str) -> dict[str, int]:
+        rows = await self.fetch("SELECT counter, count FROM campaign_counts WHERE campaign_id = $1", campaign)
+        return {r["counter"]: r["count"] for r in rows}
+
+    def mails_to(self, address: str) -> list[EmailMessage]:
+        return [m for m in self.sink.messages() if m["To"] == address]
+
+    async def campaign_events(self, expected: int) -> list[Any]:
+        records = await read_records(self.settings.kafka_bootstrap, self.topics.campaign_events, expected)
+        return [decode(r.value) for r in records]
+
+
+@asynccontextmanager
+async def running_campaigns(
+    settings: Settings, topics: Topics, clock: FakeClock, mail_dir: Path, **overrides: Any
+) -> AsyncIterator[CampaignsUnderTest]:
+    """The campaigns service with a real SMTP sink; ``overrides`` change settings (e.g. the holdout share)."""
+    async with MailSink(mail_dir) as sink:
+        configured = settings.model_copy(
+            update={"smtp_host": "127.0.0.1", "smtp_port": sink.port, "data_dir": mail_dir.parent, **overrides}
+        )
+        app = create_app(configured, clock=clock)
+        publisher = Publisher(configured.kafka_bootstrap, client_id="campaigns-test")
+        async with app.router.lifespan_context(app):
+            under_test = CampaignsUnderTest(app, configured, topics, clock, sink, publisher)
+            await wait_for(lambda: _ready(app), timeout_s=60, what="campaigns consumers assigned")
+            try:
+                yield under_test
+            finally:
+                await publisher.stop()
+
+
+async def _ready(app: FastAPI) -> bool:
+    checks = app.state.ctx.readiness
+    return all([await check() for name, check in checks.items() if name.startswith("consumer:")])
