@@ -53,7 +53,7 @@ def default_sender(settings: Settings) -> Sender:
     from campaigns.sending import ChannelSender
     from campaigns.signing import signer_for
 
-    return ChannelSender(EmailChannel(settings), WebhookChannel(settings), signer_for(settings))
+    return ChannelSender(EmailChannel(settings), WebhookChannel(settings), signer_for(settings), settings)
 
 
 def create_app(

@@ -8,8 +8,9 @@ from typing import Any
 from campaigns.channels.email import EmailChannel
 from campaigns.channels.webhook import WebhookChannel
 from campaigns.delivery import Job
-from campaigns.signing import Signer
+from campaigns.signing import Signer, unsubscribe_url
 from campaigns.templates import render_email
+from clm_shared.settings import Settings
 from clm_shared.transactions import Db
 
 RECOMMENDATIONS = 5
@@ -50,6 +51,7 @@ class ChannelSender:
     email: EmailChannel
     webhook: WebhookChannel
     signer: Signer
+    settings: Settings
 
     async def context(self, job: Job, db: Db) -> dict[str, Any]:
         traits = dict(job.profile.traits)
@@ -64,7 +66,9 @@ class ChannelSender:
             },
             "campaign": {"id": job.campaign.id, "name": job.campaign.name},
             "variant": job.variant,
-            "unsubscribe_url": self.signer.unsubscribe_url(job.customer_id, job.campaign.id),
+            "unsubscribe_url": unsubscribe_url(
+                self.settings, self.signer.unsubscribe_token(job.customer_id, job.campaign.id)
+            ),
             "referral_code": self.signer.referral_code(job.customer_id) if "referral_code" in include else None,
             "recommendations": await recommendations(db, job.customer_id) if "recommendations" in include else [],
         }
