@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from rich.console import Console
 from typer.testing import CliRunner, Result
 
 from campaigns.channels.email import build_message
+from campaigns.mail_sink import is_mail_sink
 from campaigns.templates import RenderedEmail
+from clm_cli.infra.process import InfraError, free_port
 from clm_cli.main import app
+from clm_cli.stack import MAIL_SINK, runs_mail_sink
+from clm_cli.supervisor import Supervisor, stop_services
 from clm_shared.settings import Settings, get_settings
+from tests.waiting import wait_for
 
 IDS = ["20260101-090000-000001-0000", "20260101-090000-000001-0001", "20260102-100000-123456-0000"]
 
@@ -102,3 +110,53 @@ def test_show_refuses_an_ambiguous_or_unknown_id(mail: Path, given: str, says: s
     result = run("show", given, "--dir", str(mail))
     assert result.exit_code == 1
     assert says in result.output and "clm mail list" in result.output
+
+
+# --- `clm up` runs the sink ------------------------------------------------------------------------
+
+
+def quiet_supervisor(settings: Settings) -> Supervisor:
+    return Supervisor(settings, Console(file=io.StringIO()))
+
+
+async def test_clm_up_starts_the_sink_and_clm_down_stops_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The children read their settings from the environment, as under `clm up`.
+    monkeypatch.setenv("CLM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CLM_SMTP_PORT", str(free_port()))
+    monkeypatch.delenv("CLM_SMTP_HOST", raising=False)
+    settings = Settings()
+    assert runs_mail_sink(settings)
+    supervisor = quiet_supervisor(settings)
+    pumps: list[asyncio.Task[None]] = []
+    try:
+        await supervisor._spawn_mail_sink(pumps)
+        process = supervisor.children[MAIL_SINK]
+        await wait_for(lambda: is_mail_sink(settings.smtp_port), timeout_s=30, what="the sink to greet")
+        assert (tmp_path / "run" / f"{MAIL_SINK}.pid").exists()
+        # A second `clm up` leaves the running sink alone.
+        again = quiet_supervisor(settings)
+        await again._spawn_mail_sink(pumps)
+        assert again.children == {}
+        assert MAIL_SINK in await asyncio.to_thread(stop_services, settings)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+        assert not (tmp_path / "run" / f"{MAIL_SINK}.pid").exists()
+    finally:
+        await supervisor.shutdown()
+        await asyncio.gather(*pumps)
+
+
+async def test_clm_up_refuses_a_port_another_program_holds(tmp_path: Path) -> None:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        supervisor = quiet_supervisor(Settings(data_dir=tmp_path, smtp_port=port))
+        with pytest.raises(InfraError, match="CLM_SMTP_PORT"):
+            await supervisor._spawn_mail_sink([])
+        assert supervisor.children == {}
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_no_sink_when_an_smtp_server_is_set() -> None:
+    assert not runs_mail_sink(Settings(smtp_host="smtp.example.net"))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -20,9 +23,11 @@ from campaigns.channels import ChannelFailure, PermanentFailure, TransientFailur
 from campaigns.channels.email import EmailChannel
 from campaigns.channels.webhook import WebhookChannel, verify_webhook_signature
 from campaigns.definitions import EmailTemplate
-from campaigns.mail_sink import MailSink
+from campaigns.mail_sink import MailSink, is_mail_sink, stored_mail
 from campaigns.templates import RenderedEmail, render_email
+from clm_cli.infra.process import free_port
 from clm_shared.settings import Settings
+from tests.secret_watch import watch_output
 from tests.waiting import wait_for
 
 TO = "ada@example.org"
@@ -299,3 +304,46 @@ async def test_a_url_that_is_not_http_is_permanent(tmp_path: Path) -> None:
     async with WebhookChannel(hook_settings(tmp_path)) as channel:
         with pytest.raises(PermanentFailure):
             await channel.send("ftp://127.0.0.1/x", PAYLOAD, delivery_id="send-55")
+
+
+# --- the sink as `clm up` runs it -------------------------------------------------------------------
+
+
+async def test_the_sink_process_stores_what_it_receives_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "CLM_DATA_DIR": str(tmp_path), "CLM_SMTP_PORT": str(port)}
+    env.pop("CLM_SMTP_HOST", None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "campaigns.mail_sink",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await wait_for(lambda: is_mail_sink(port), timeout_s=30, what="the sink to greet")
+        await EmailChannel(mail_settings(tmp_path, port)).send(
+            TO, RENDERED, message_id="send-60", unsubscribe_url=UNSUBSCRIBE
+        )
+        [stored] = stored_mail(tmp_path / "mail")
+        assert stored.message["Message-ID"] == "<send-60@clm>"
+        assert not [p for p in (tmp_path / "mail").iterdir() if p.suffix != ".eml"]  # nothing left aside
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 30)
+    watch_output("mail sink log", output.decode())  # the suite's secret watch searches it too
+    assert process.returncode == 0
+    assert f"smtp://127.0.0.1:{port}" in output.decode()
+    assert "stored message" in output.decode()
+
+
+async def test_the_sink_process_names_the_setting_when_its_port_is_taken(tmp_path: Path) -> None:
+    async with MailSink(tmp_path / "other") as taken:
+        env = {**os.environ, "CLM_DATA_DIR": str(tmp_path), "CLM_SMTP_PORT": str(taken.port)}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "campaigns.mail_sink", env=env, stderr=asyncio.subprocess.PIPE
+        )
+        _, error = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 1
+    assert "CLM_SMTP_PORT" in error.decode()
