@@ -38,10 +38,10 @@ class Signer:
     def __init__(self, key: bytes) -> None:
         if not key:
             raise ValueError("the campaigns signing key is empty")
-        self.key = key
+        self._key = key
 
     def _mac(self, label: bytes, data: bytes) -> bytes:
-        return hmac.new(self.key, label + b"\x00" + data, hashlib.sha256).digest()
+        return hmac.new(self._key, label + b"\x00" + data, hashlib.sha256).digest()
 
     def unsubscribe_token(self, customer_id: str, campaign_id: str) -> str:
         """``<ids>.<mac>``, both base64url without padding, so the token fits a URL path segment."""

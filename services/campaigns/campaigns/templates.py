@@ -23,7 +23,8 @@ PARTS: tuple[Part, ...] = ("subject", "html", "text")
 
 _HTML_ENV = ImmutableSandboxedEnvironment(autoescape=True, undefined=jinja2.ChainableUndefined)
 _PLAIN_ENV = ImmutableSandboxedEnvironment(autoescape=False, undefined=jinja2.ChainableUndefined)
-_LINE_BREAKS = re.compile(r"[\r\n\v\f\x85\u2028\u2029]+")
+# Line breaks and other control characters: in a header they could start a new one or break the message.
+_HEADER_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]+")
 # Error texts may quote context values; addresses are cut out so they cannot reach a log line.
 _EMAIL = re.compile(r"[^\s'\"<>@]+@[^\s'\"<>@]+")
 
@@ -62,7 +63,7 @@ def check_template(template: EmailTemplate) -> None:
 def render_email(template: EmailTemplate, context: dict[str, Any]) -> RenderedEmail:
     """Subject and text verbatim (subject on one line: no header injection), html autoescaped."""
     rendered = {part: _render(part, getattr(template, part), context) for part in PARTS}
-    subject = _LINE_BREAKS.sub(" ", rendered["subject"]).strip()
+    subject = _HEADER_UNSAFE.sub(" ", rendered["subject"]).strip()
     return RenderedEmail(subject=subject, html=rendered["html"], text=rendered["text"])
 
 

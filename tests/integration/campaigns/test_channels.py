@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -244,6 +245,16 @@ async def test_a_webhook_is_signed_and_the_signature_verifies(tmp_path: Path, re
     assert not verify_webhook_signature("w" * 32, timestamp, body, signature, now=now + 301)  # a replay, later
     assert verify_webhook_signature("w" * 32, timestamp, body, signature, now=now + 3600, tolerance_s=7200)
     assert not verify_webhook_signature("w" * 32, "not a number", body, signature, now=now)
+
+
+async def test_a_shared_client_is_used_and_left_open(tmp_path: Path, receiver: Receiver) -> None:
+    async with httpx.AsyncClient() as client:
+        channel = WebhookChannel(hook_settings(tmp_path), client)
+        await channel.send(receiver.url, PAYLOAD, delivery_id="send-56")
+        await channel.aclose()
+        assert not client.is_closed
+    [(headers, _)] = receiver.requests
+    assert headers["user-agent"] == "clm-campaigns"
 
 
 async def test_without_a_webhook_secret_the_campaigns_signing_key_signs(tmp_path: Path, receiver: Receiver) -> None:

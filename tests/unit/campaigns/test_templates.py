@@ -59,9 +59,9 @@ def test_missing_traits_render_empty_even_when_chained() -> None:
 
 
 def test_line_breaks_in_the_subject_cannot_inject_headers() -> None:
-    rendered = render_email(template(subject="Hi {{ customer.first_name }}"), context(first_name="A\r\nBcc: x\u2028y"))
-    assert "\r" not in rendered.subject and "\n" not in rendered.subject and "\u2028" not in rendered.subject
-    assert rendered.subject == "Hi A Bcc: x y"
+    name = "A\r\nBcc: x\u2028y\x00z"
+    rendered = render_email(template(subject="Hi {{ customer.first_name }}"), context(first_name=name))
+    assert rendered.subject == "Hi A Bcc: x y z"
 
 
 @pytest.mark.parametrize("part", ["subject", "html", "text"])

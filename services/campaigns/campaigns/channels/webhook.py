@@ -37,7 +37,7 @@ def sign(key: bytes, timestamp: int | str, body: bytes) -> str:
 
 
 def verify_webhook_signature(
-    secret: str | bytes, timestamp: str, body: bytes, header: str, *, now: float, tolerance_s: float = 300
+    secret: str | bytes, timestamp: str | int, body: bytes, header: str, *, now: float, tolerance_s: float = 300
 ) -> bool:
     """True when ``header`` signs ``body`` at ``timestamp`` with ``secret`` and the timestamp is recent."""
     key = secret.encode() if isinstance(secret, str) else secret
@@ -54,7 +54,7 @@ class WebhookChannel:
     """POSTs to campaign webhook URLs; pass a shared ``httpx.AsyncClient`` or let it own one (then ``aclose``)."""
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
-        self.key = webhook_key(settings)
+        self._key = webhook_key(settings)
         self.timeout = settings.webhook_timeout_s
         self._owns_client = client is None
         # No redirects: a signed request is meant for the URL in the campaign, not wherever it points to.
@@ -66,12 +66,15 @@ class WebhookChannel:
         timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
+            "User-Agent": "clm-campaigns",
             DELIVERY_HEADER: delivery_id,
             TIMESTAMP_HEADER: str(timestamp),
-            SIGNATURE_HEADER: sign(self.key, timestamp, body),
+            SIGNATURE_HEADER: sign(self._key, timestamp, body),
         }
         try:
-            answer = await self.client.post(url, content=body, headers=headers, timeout=self.timeout)
+            answer = await self.client.post(
+                url, content=body, headers=headers, timeout=self.timeout, follow_redirects=False
+            )
         except httpx.TimeoutException:
             raise TransientFailure(f"webhook timed out after {self.timeout:g}s") from None
         except (httpx.InvalidURL, httpx.UnsupportedProtocol):
