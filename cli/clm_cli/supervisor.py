@@ -134,7 +134,7 @@ class Supervisor:
             f"{n} smtp://127.0.0.1:{self.settings.smtp_port}"
             if n == MAIL_SINK
             else f"{n} http://127.0.0.1:{self.settings.port_of(n)}"
-            for n in self.children
+            for n in sorted(self.children, key=lambda n: n == MAIL_SINK)  # the services first
         )
         self.console.print(f"[bold green]ready[/bold green] in {elapsed:.1f}s: {urls}  (Ctrl-C stops)")
 
