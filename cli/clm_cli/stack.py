@@ -24,6 +24,14 @@ SERVICES: dict[str, str] = {
     "campaigns": "campaigns",
 }
 
+# The local SMTP sink `clm up` runs besides the services while CLM_SMTP_HOST is unset (not an HTTP service).
+MAIL_SINK = "mail-sink"
+MAIL_SINK_MODULE = "campaigns.mail_sink"
+
+
+def runs_mail_sink(settings: Settings) -> bool:
+    return settings.smtp_host is None
+
 
 def service_migrations() -> dict[str, Path]:
     """Each service's migration folder, imported from the service itself."""

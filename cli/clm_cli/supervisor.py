@@ -14,12 +14,13 @@ import httpx
 from rich.console import Console
 from rich.text import Text
 
+from campaigns.mail_sink import is_mail_sink
 from clm_cli.infra.process import InfraError, port_in_use, read_pid, terminate, write_pid
-from clm_cli.stack import SERVICES
+from clm_cli.stack import MAIL_SINK, MAIL_SINK_MODULE, SERVICES, runs_mail_sink
 from clm_shared.settings import Settings
 
 SUPERVISOR = "clm-up"
-COLORS = {"ingest": "cyan", "stage-engine": "magenta", "metrics": "green", "campaigns": "yellow"}
+COLORS = {"ingest": "cyan", "stage-engine": "magenta", "metrics": "green", "campaigns": "yellow", MAIL_SINK: "blue"}
 
 
 def pid_file(settings: Settings, name: str) -> Path:
@@ -66,6 +67,8 @@ class Supervisor:
             own_pid.unlink(missing_ok=True)
 
     async def _spawn(self, pumps: list[asyncio.Task[None]]) -> None:
+        if runs_mail_sink(self.settings):
+            await self._spawn_mail_sink(pumps)
         for name, module in SERVICES.items():
             port = self.settings.port_of(name)
             if await is_service(port, name):
@@ -74,18 +77,33 @@ class Supervisor:
             if port_in_use(port):
                 env_name = f"CLM_{name.replace('-', '_').upper()}_PORT"
                 raise InfraError(f"port {port} for {name} is taken by another program: stop it or set {env_name}")
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                module,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
+            await self._start(name, module, pumps)
+
+    async def _spawn_mail_sink(self, pumps: list[asyncio.Task[None]]) -> None:
+        port = self.settings.smtp_port
+        if await is_mail_sink(port):
+            self.console.print(f"the mail sink is already running on :{port}; leaving it as it is")
+            return
+        if port_in_use(port):
+            raise InfraError(
+                f"port {port} for the mail sink is taken by another program:"
+                " stop it, set CLM_SMTP_PORT, or set CLM_SMTP_HOST to send through that server"
             )
-            self.children[name] = process
-            write_pid(pid_file(self.settings, name), process.pid)
-            pumps.append(asyncio.create_task(self._pump(name, process)))
+        await self._start(MAIL_SINK, MAIL_SINK_MODULE, pumps)
+
+    async def _start(self, name: str, module: str, pumps: list[asyncio.Task[None]]) -> None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            module,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.children[name] = process
+        write_pid(pid_file(self.settings, name), process.pid)
+        pumps.append(asyncio.create_task(self._pump(name, process)))
 
     async def _hold(self, stop: asyncio.Event, pumps: list[asyncio.Task[None]], started_at: float) -> int:
         exited = [asyncio.create_task(p.wait()) for p in self.children.values()]
@@ -108,16 +126,26 @@ class Supervisor:
         async with httpx.AsyncClient(timeout=2.0) as client:
             while pending:
                 for name in list(pending):
-                    try:
-                        answer = await client.get(f"http://127.0.0.1:{self.settings.port_of(name)}/readyz")
-                        if answer.status_code == 200:
-                            pending.discard(name)
-                    except httpx.HTTPError:
-                        pass
+                    if await self._is_ready(client, name):
+                        pending.discard(name)
                 await asyncio.sleep(0.2)
         elapsed = time.monotonic() - started_at
-        urls = ", ".join(f"{n} http://127.0.0.1:{self.settings.port_of(n)}" for n in self.children)
+        urls = ", ".join(
+            f"{n} smtp://127.0.0.1:{self.settings.smtp_port}"
+            if n == MAIL_SINK
+            else f"{n} http://127.0.0.1:{self.settings.port_of(n)}"
+            for n in sorted(self.children, key=lambda n: n == MAIL_SINK)  # the services first
+        )
         self.console.print(f"[bold green]ready[/bold green] in {elapsed:.1f}s: {urls}  (Ctrl-C stops)")
+
+    async def _is_ready(self, client: httpx.AsyncClient, name: str) -> bool:
+        if name == MAIL_SINK:
+            return await is_mail_sink(self.settings.smtp_port)
+        try:
+            answer = await client.get(f"http://127.0.0.1:{self.settings.port_of(name)}/readyz")
+        except httpx.HTTPError:
+            return False
+        return answer.status_code == 200
 
     async def _pump(self, name: str, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
@@ -142,7 +170,7 @@ def stop_services(settings: Settings) -> list[str]:
     if up_pid is not None and up_pid != os.getpid():
         terminate(up_pid, timeout_s=60)
         stopped.append("clm up")
-    for name in SERVICES:
+    for name in [*SERVICES, MAIL_SINK]:
         path = pid_file(settings, name)
         pid = read_pid(path)
         if pid is not None and pid != os.getpid():

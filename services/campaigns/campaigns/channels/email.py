@@ -1,0 +1,96 @@
+"""Campaign email over SMTP (aiosmtplib): one multipart/alternative message per send.
+
+Failures are classified by SMTP reply code only. The server's reply text is dropped because it often
+quotes the recipient's address, and these messages end up in logs and in the sends table.
+"""
+
+from __future__ import annotations
+
+import re
+from email.message import EmailMessage
+from email.utils import formatdate, parseaddr
+
+import aiosmtplib
+
+from campaigns.channels import PermanentFailure, TransientFailure
+from campaigns.templates import RenderedEmail
+from clm_shared.settings import Settings
+
+LOCAL_SINK_HOST = "127.0.0.1"
+_MESSAGE_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+def build_message(
+    settings: Settings, to: str, rendered: RenderedEmail, *, message_id: str, unsubscribe_url: str
+) -> EmailMessage:
+    """The message as sent; the Message-ID is derived from the send so a receiver can drop a retried copy."""
+    if not _MESSAGE_ID.match(message_id):
+        raise ValueError("message_id: letters, digits, '.', '_' and '-' only")
+    message = EmailMessage()
+    message["From"] = settings.mail_from
+    message["To"] = to
+    message["Subject"] = rendered.subject
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = f"<{message_id}@clm>"
+    # RFC 2369 and RFC 8058: mail clients show an unsubscribe button that POSTs to the link.
+    message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    message.set_content(rendered.text)
+    message.add_alternative(rendered.html, subtype="html")
+    return message
+
+
+class EmailChannel:
+    """Sends through ``CLM_SMTP_*``; with no ``CLM_SMTP_HOST``, through the local sink `clm up` runs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.host = settings.smtp_host or LOCAL_SINK_HOST
+        self.sender = parseaddr(settings.mail_from)[1]
+
+    async def send(self, to: str, rendered: RenderedEmail, *, message_id: str, unsubscribe_url: str) -> None:
+        """Deliver one message; ``TransientFailure`` to retry later, ``PermanentFailure`` to give up."""
+        if "\r" in to or "\n" in to or "@" not in parseaddr(to)[1]:
+            raise PermanentFailure("the recipient address is not valid")
+        message = build_message(self.settings, to, rendered, message_id=message_id, unsubscribe_url=unsubscribe_url)
+        s = self.settings
+        password = s.smtp_password.get_secret_value() if s.smtp_password is not None else None
+        try:
+            await aiosmtplib.send(
+                message,
+                sender=self.sender,
+                recipients=[parseaddr(to)[1]],
+                hostname=self.host,
+                port=s.smtp_port,
+                username=s.smtp_username,
+                password=password if s.smtp_username is not None else None,
+                use_tls=s.smtp_tls == "tls",
+                start_tls=s.smtp_tls == "starttls",  # False, not None: "none" must never upgrade on its own
+                timeout=s.smtp_timeout_s,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [refused.code for refused in exc.recipients]
+            raise _by_code(codes[0] if codes else 550, "RCPT") from None
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            raise _by_code(exc.code, "RCPT") from None
+        except aiosmtplib.SMTPDataError as exc:
+            raise _by_code(exc.code, "DATA") from None
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            # A login problem is the operator's to fix, not the recipient's: keep the send for a retry.
+            raise TransientFailure(f"SMTP {exc.code} on AUTH: check CLM_SMTP_USERNAME and CLM_SMTP_PASSWORD") from None
+        except aiosmtplib.SMTPSenderRefused as exc:
+            raise TransientFailure(f"SMTP {exc.code} on MAIL FROM: check CLM_MAIL_FROM") from None
+        except aiosmtplib.SMTPNotSupported:
+            raise TransientFailure("the SMTP server does not support the configured CLM_SMTP_TLS or login") from None
+        except aiosmtplib.SMTPResponseException as exc:  # greeting, HELO and the like
+            raise TransientFailure(f"SMTP {exc.code} from the server") from None
+        except aiosmtplib.SMTPTimeoutError:
+            raise TransientFailure(f"SMTP timed out after {s.smtp_timeout_s:g}s") from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise TransientFailure(f"SMTP connection failed ({type(exc).__name__})") from None
+
+
+def _by_code(code: int, stage: str) -> TransientFailure | PermanentFailure:
+    if 400 <= code < 500:
+        return TransientFailure(f"SMTP {code} on {stage}")
+    return PermanentFailure(f"SMTP {code} on {stage}")
