@@ -18,7 +18,7 @@ from campaigns.app import create_app
 from campaigns.mail_sink import MailSink
 from clm_shared.cloudevents import decode, encode
 from clm_shared.kafka.producer import OutgoingRecord, Publisher
-from clm_shared.schemas.lifecycle import CustomerErased, EventType, HealthChanged, Health, Stage, StageChanged
+from clm_shared.schemas.lifecycle import CustomerErased, EventType, Health, HealthChanged, Stage, StageChanged
 from clm_shared.schemas.touchpoint import Touchpoint
 from clm_shared.settings import Settings
 from clm_shared.topics import Topics

@@ -11,6 +11,7 @@ import pytest
 from campaigns.guardrails import assign_variant, in_holdout
 from campaigns.registry import set_status
 from clm_shared.schemas.lifecycle import EventType, Health, Stage
+from clm_shared.schemas.touchpoint import Touchpoint
 from clm_shared.settings import Settings
 from clm_shared.topics import Topics
 from clm_shared.transactions import transaction
@@ -27,10 +28,8 @@ def addr(customer: str) -> str:
     return f"{customer}@example.test"
 
 
-def identify(customer: str, at: datetime, **traits: object) -> object:
-    return touchpoint(
-        None, customer=customer, call_type="identify", at=at, traits={"email": addr(customer), **traits}
-    )
+def identify(customer: str, at: datetime, **traits: object) -> Touchpoint:
+    return touchpoint(None, customer=customer, call_type="identify", at=at, traits={"email": addr(customer), **traits})
 
 
 @pytest.fixture
@@ -83,12 +82,12 @@ async def test_abandoned_cart_fires_without_an_order_and_exits_when_the_order_ar
     assert await svc.value("SELECT status FROM runs WHERE customer_id = 'dan'") == "exited"
 
     svc.clock.now = start + timedelta(hours=1, seconds=1)
-    await wait_for(lambda: len(svc.mails_to(addr("bob"))) == 1 and len(svc.mails_to(addr("cat"))) == 1, what="reminders")
+    await wait_for(
+        lambda: len(svc.mails_to(addr("bob"))) == 1 and len(svc.mails_to(addr("cat"))) == 1, what="reminders"
+    )
     # cat orders after the first reminder: no second one, and the order is the campaign's conversion
     await svc.touch(
-        touchpoint(
-            "Order Completed", customer="cat", at=start + timedelta(hours=2), checkout_id="k-cat", revenue=42.0
-        )
+        touchpoint("Order Completed", customer="cat", at=start + timedelta(hours=2), checkout_id="k-cat", revenue=42.0)
     )
     await svc.settled()
     svc.clock.now = start + timedelta(hours=25, seconds=2)
@@ -188,7 +187,9 @@ async def test_quiet_hours_move_a_send_to_the_morning_in_the_customers_timezone(
     evening = datetime(2026, 3, 2, 22, 30, tzinfo=UTC)  # 23:30 in Berlin, 17:30 in New York
     clock = FakeClock(evening)
     async with running_campaigns(settings, topics, clock, tmp_path / "mail", campaigns_holdout_percent=0.0) as svc:
-        await svc.touch(identify("kim", evening, timezone="Europe/Berlin"), identify("lee", evening, timezone="America/New_York"))
+        await svc.touch(
+            identify("kim", evening, timezone="Europe/Berlin"), identify("lee", evening, timezone="America/New_York")
+        )
         await svc.settled()
         await svc.stage("kim", Stage.ENGAGEMENT, evening)
         await svc.stage("lee", Stage.ENGAGEMENT, evening)
@@ -225,7 +226,9 @@ async def test_holdout_and_ab_groups_are_the_deterministic_ones(
             what="every treated run split",
         )
         variants = await svc.fetch("SELECT customer_id, variant FROM runs WHERE variant IS NOT NULL")
-        assert all(r["variant"] == assign_variant(r["customer_id"], "abandoned-cart", {"A": 50, "B": 50}) for r in variants)
+        assert all(
+            r["variant"] == assign_variant(r["customer_id"], "abandoned-cart", {"A": 50, "B": 50}) for r in variants
+        )
         # no address: recorded, not lost, not sent
         assert await _count_is(svc, "SELECT count(*) FROM messages WHERE reason = 'holdout'", len(expected_holdout))
 
