@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from campaigns.api import router
 from clm_shared.service import create_service_app
 from clm_shared.settings import Settings
 
@@ -13,4 +14,4 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def create_app(settings: Settings) -> FastAPI:
-    return create_service_app("campaigns", settings, migrations=MIGRATIONS, title="clm Campaigns")
+    return create_service_app("campaigns", settings, migrations=MIGRATIONS, routers=[router], title="clm Campaigns")
