@@ -344,10 +344,10 @@
           p.seriesName === "uplift" ? formatUplift(isNum(p.value) ? p.value / 100 : null) : intFmt.format(p.value)
         }`)].join("\n"),
       },
-      legend: { top: 0, icon: "roundRect", itemWidth: 10, itemHeight: 10, textStyle: { color: "#55607a" } },
+      legend: { show: items.length > 0, top: 0, icon: "roundRect", itemWidth: 10, itemHeight: 10, textStyle: { color: "#55607a" } },
       grid: { left: 8, right: 8, top: 34, bottom: 4, containLabel: true },
       xAxis: {
-        type: "category", data: items.map((c) => String(c.name || c.campaign_id)),
+        type: "category", show: items.length > 0, data: items.map((c) => String(c.name || c.campaign_id)),
         axisLabel: { color: "#6b7489", interval: 0, overflow: "truncate", width: 110 },
         axisLine: { lineStyle: { color: "#cfd5e3" } },
       },
