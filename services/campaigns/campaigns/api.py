@@ -10,7 +10,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,6 +31,8 @@ def _engine(request: Request) -> AsyncEngine:
 
 Engine = Annotated[AsyncEngine, Depends(_engine)]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Items per page.")]
+# Cursors are ids of the database's own ranges: anything outside is a 422, not a driver error.
+Cursor = Annotated[int | None, Query(ge=0, le=2**63 - 1, description="`next` of the previous page.")]
 DefinitionBody = Annotated[Any, Body(description="A campaign definition (id, name, trigger, audience, steps, ...).")]
 
 
@@ -257,7 +259,9 @@ async def archive_campaign(campaign_id: str, engine: Engine) -> Response:
 
 
 @router.get("/campaigns/{campaign_id}/versions/{version}", response_model=VersionPublic)
-async def get_version(campaign_id: str, version: int, engine: Engine) -> VersionPublic:
+async def get_version(
+    campaign_id: str, version: Annotated[int, Path(ge=1, le=2**31 - 1)], engine: Engine
+) -> VersionPublic:
     """One stored version of a campaign, as runs that started on it see it."""
     async with transaction(engine) as db:
         current = await _existing(db, campaign_id)
@@ -324,7 +328,7 @@ async def members(
     campaign_id: str,
     engine: Engine,
     limit: Limit = 100,
-    after: Annotated[int | None, Query(description="`next` of the previous page.")] = None,
+    after: Cursor = None,
 ) -> MemberPage:
     """Customers in the campaign now (runs active or waiting), by run id, with the step each is at."""
     async with transaction(engine) as db:
@@ -367,7 +371,7 @@ async def customer_messages(
     customer_id: str,
     engine: Engine,
     limit: Limit = 50,
-    before: Annotated[int | None, Query(description="`next` of the previous page.")] = None,
+    before: Cursor = None,
 ) -> MessagePage:
     """What campaigns sent or held back for one customer (userId or a known anonymousId), newest first."""
     async with transaction(engine) as db:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -98,6 +99,18 @@ async def test_a_change_is_a_new_version_and_the_old_one_stays_readable(api: Api
     ]
 
 
+async def test_changes_at_the_same_time_each_get_a_version_of_their_own(api: Api) -> None:
+    ok(await api.admin.post("/v1/campaigns", json=definition()), 201)
+    answers = await asyncio.gather(
+        *(api.admin.put("/v1/campaigns/welcome", json=definition(name=f"Welcome {i}")) for i in range(5))
+    )
+    assert sorted(ok(a)["version"] for a in answers) == [2, 3, 4, 5, 6]
+    for version in range(2, 7):
+        assert ok(await api.read.get(f"/v1/campaigns/welcome/versions/{version}"))["definition"]["name"].startswith(
+            "Welcome "
+        )
+
+
 async def test_an_existing_id_is_refused_and_an_archived_one_comes_back_as_its_next_version(api: Api) -> None:
     ok(await api.admin.post("/v1/campaigns", json=definition()), 201)
     conflict = await api.admin.post("/v1/campaigns", json=definition(name="Other"))
@@ -130,6 +143,15 @@ async def test_unknown_campaigns_are_404(api: Api) -> None:
         await api.admin.post("/v1/campaigns/nope/resume"),
     ):
         assert response.status_code == 404, (response.request.url, response.text)
+    ok(await api.admin.post("/v1/campaigns", json=definition()), 201)
+    for out_of_range in (
+        "/v1/campaigns/welcome/versions/99999999999",
+        "/v1/campaigns/welcome/versions/0",
+        "/v1/campaigns/welcome/members?after=99999999999999999999",
+        "/v1/campaigns/welcome/members?limit=0",
+        "/v1/customers/u1/messages?before=-1",
+    ):
+        assert (await api.read.get(out_of_range)).status_code == 422, out_of_range
 
 
 async def test_a_wrong_definition_is_refused_with_the_field_named(api: Api) -> None:
