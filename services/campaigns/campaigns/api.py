@@ -33,7 +33,18 @@ Engine = Annotated[AsyncEngine, Depends(_engine)]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Items per page.")]
 # Cursors are ids of the database's own ranges: anything outside is a 422, not a driver error.
 Cursor = Annotated[int | None, Query(ge=0, le=2**63 - 1, description="`next` of the previous page.")]
-DefinitionBody = Annotated[Any, Body(description="A campaign definition (id, name, trigger, audience, steps, ...).")]
+EXAMPLE = {
+    "id": "welcome",
+    "name": "Welcome",
+    "trigger": {"stage_entered": "engagement"},
+    "audience": [{"field": "traits.plan", "op": "ne", "value": "enterprise"}],
+    "steps": [
+        {"type": "wait", "duration": "1h"},
+        {"type": "send", "name": "welcome mail", "template": {"subject": "Hi", "html": "<p>Hi</p>", "text": "Hi"}},
+    ],
+}
+# Any JSON: parse_campaign judges it, so the API refuses a definition as the YAML loader does (field named).
+DefinitionBody = Annotated[Any, Body(description="A campaign definition, as in the YAML files.", examples=[EXAMPLE])]
 
 
 # ---- response models -------------------------------------------------------------------------
