@@ -18,13 +18,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import pytest
 import uvicorn
+from fastapi import APIRouter, Header, HTTPException
 from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
 from clm_cli.infra.browser import CHROMIUM, CHROMIUM_ARGS
 from clm_cli.infra.process import free_port
+from tests.e2e import live_platform as live
 from tests.e2e.live_platform import live_platform
 from tests.secret_watch import remember_secret
 from tests.utils.metrics_api_double import HOSTILE, metrics_api_double
@@ -32,12 +35,39 @@ from tests.utils.metrics_api_double import HOSTILE, metrics_api_double
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 VALUE = re.compile(r"^-?[\d,.]+%?$|^—$")  # a number, a percentage, or "—" for an empty denominator
 TILES = ["page_views", "nps", "trial_to_paid_rate", "average_order_value", "churn_rate", "affiliate_revenue"]
+UNAVAILABLE = "Campaigns service unavailable"
+# What the campaigns panel must show: rows, the "unavailable" note, or either (a service we did not start).
+CampaignsExpected = Literal["rows", "unavailable", "any"]
+
+# What /v1/dashboard/campaigns of the double answers: a campaign named with markup among them.
+CAMPAIGN_FIGURES: list[dict[str, Any]] = [
+    {"campaign_id": "welcome", "name": "Welcome series", "sent": 1840, "converted": 212,
+     "conversion_rate": 0.125, "uplift": 0.041},
+    {"campaign_id": "winback", "name": HOSTILE, "sent": 430, "converted": 19, "conversion_rate": 0.05,
+     "uplift": -0.004},
+    {"campaign_id": "nps-follow-up", "name": "NPS follow-up", "sent": 96, "converted": 3, "conversion_rate": 0.03,
+     "uplift": None},
+]  # fmt: skip
 
 
 @dataclass
 class DashboardTarget:
     url: str
     read_token: str
+    campaigns: CampaignsExpected = "any"
+
+
+def campaigns_double(token: str, *, available: bool) -> APIRouter:
+    """The metrics route that relays the campaigns service's figures: a platform with them, or without."""
+    router = APIRouter()
+
+    @router.get("/v1/dashboard/campaigns")
+    def campaigns(authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        if not authorization or not secrets.compare_digest(authorization, f"Bearer {token}"):
+            raise HTTPException(401, "a valid API token is needed", headers={"WWW-Authenticate": "Bearer"})
+        return {"available": True, "items": CAMPAIGN_FIGURES} if available else {"available": False, "items": []}
+
+    return router
 
 
 @contextmanager
@@ -46,6 +76,8 @@ def serving_double(*, empty: bool = False) -> Iterator[DashboardTarget]:
     token = "clmtk_" + secrets.token_urlsafe(24)
     port = free_port()
     app = metrics_api_double(token, empty=empty)
+    # The empty platform also stands for one whose campaigns service is down.
+    app.include_router(campaigns_double(token, available=not empty))
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="dashboard-double", daemon=True)
@@ -56,7 +88,7 @@ def serving_double(*, empty: bool = False) -> Iterator[DashboardTarget]:
             pytest.fail("the metrics API double did not start")
         time.sleep(0.02)
     try:
-        yield DashboardTarget(f"http://127.0.0.1:{port}", token)
+        yield DashboardTarget(f"http://127.0.0.1:{port}", token, "unavailable" if empty else "rows")
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -75,8 +107,10 @@ def dashboard_target(
         yield DashboardTarget(url.rstrip("/"), remember_secret(token))
         return
     if request.param == "live":
+        # The live platform runs ingest, the stage engine and metrics: without campaigns the panel says so.
+        expected: CampaignsExpected = "any" if "campaigns" in live.SERVICES else "unavailable"
         with live_platform(kafka_bootstrap, database_url) as (metrics_url, read_token, _):
-            yield DashboardTarget(metrics_url, read_token)
+            yield DashboardTarget(metrics_url, read_token, expected)
         return
     with serving_double() as target:
         yield target
@@ -168,6 +202,22 @@ def expect_data(page: Page, *, rows: bool = True) -> None:
     expect(page.get_by_test_id("status")).to_have_text(re.compile(r"^Updated"))
 
 
+def expect_campaigns(page: Page, expected: CampaignsExpected) -> None:
+    """The campaigns panel: a chart and a row per campaign, or the note that the campaigns service is away."""
+    status, rows = page.get_by_test_id("campaigns-status"), page.get_by_test_id("campaigns-table").locator("tbody tr")
+    expect(page.get_by_test_id("campaigns-chart").locator("canvas").first).to_be_visible()
+    if expected == "rows":
+        expect(rows).to_have_count(len(CAMPAIGN_FIGURES))
+        expect(rows.first.locator("td")).to_have_text(["Welcome series", "1,840", "212", "+4.1 pp"])
+        expect(rows.nth(2).locator("td").last).to_have_text("—")
+        expect(status).to_be_hidden()
+    elif expected == "unavailable":
+        expect(status).to_have_text(UNAVAILABLE)
+        expect(page.get_by_test_id("campaigns-table")).to_be_hidden()
+    else:
+        expect(status.or_(rows.first)).to_be_visible()
+
+
 def apply_range(page: Page, start: str, end: str, *, source: str = "") -> None:
     before = loads(page)
     page.get_by_test_id("range-from").fill(start)
@@ -188,6 +238,7 @@ def test_the_dashboard_asks_for_a_token_shows_data_and_follows_the_range(
     sign_in(page, dashboard_target.read_token)
     expect(page.get_by_test_id("token-prompt")).to_be_hidden()
     expect_data(page)
+    expect_campaigns(page, dashboard_target.campaigns)
 
     today = datetime.now(UTC).date()
     apply_range(page, (today - timedelta(days=29)).isoformat(), today.isoformat())
@@ -219,6 +270,10 @@ def test_data_with_markup_is_shown_as_text(dashboard_target: DashboardTarget, wa
 
     top = page.get_by_test_id("top-customers")
     expect(top).to_contain_text(HOSTILE)
+    if dashboard_target.campaigns == "rows":  # a campaign named with markup: a cell's text, not an element
+        expect(page.get_by_test_id("campaigns-table").locator("tbody tr").nth(1).locator("td").first).to_have_text(
+            HOSTILE
+        )
     today = datetime.now(UTC).date()
     apply_range(page, (today - timedelta(days=13)).isoformat(), today.isoformat(), source=HOSTILE)
     expect(page.get_by_test_id("source-label")).to_have_text(f"source: {HOSTILE}")
@@ -257,6 +312,7 @@ def test_a_platform_without_customers_shows_dashes_not_errors(
     expect(page.get_by_test_id("top20-share")).to_have_text("—")
     expect(page.get_by_test_id("clv-predicted")).to_have_text("—")
     expect(page.get_by_test_id("top-customers")).to_contain_text("No customers with revenue yet")
+    expect_campaigns(page, empty_dashboard_target.campaigns)
     expect(page.get_by_test_id("status")).not_to_contain_text("could not load")
     assert unexpected_errors(watched) == []
 

@@ -113,6 +113,17 @@ async def test_every_route_but_the_open_ones_needs_a_token_with_the_right_role(
             assert {("GET", "/v1/customers/x"), ("GET", "/v1/customers"), ("DELETE", "/v1/customers/x")} <= set(
                 requests
             )
+        if service == "campaigns":
+            assert {
+                ("POST", "/v1/campaigns"),
+                ("PUT", "/v1/campaigns/x"),
+                ("DELETE", "/v1/campaigns/x"),
+                ("POST", "/v1/campaigns/x/pause"),
+                ("GET", "/v1/campaign-stats"),
+                ("GET", "/v1/customers/x/messages"),
+            } <= set(requests)
+        if service == "metrics":
+            assert ("GET", "/v1/dashboard/campaigns") in requests
         for method, url in requests:
             await check_route(client, method, url, given)
         for path in ("/healthz", "/metrics", "/openapi.json", "/docs"):

@@ -96,12 +96,20 @@ class CampaignsUnderTest:
     async def settled(self) -> None:
         """Everything published so far applied (by id)."""
 
+        seen: list[tuple[int, int]] = []
+
         async def applied() -> bool:
             touchpoints = await self.value("SELECT count(*) FROM processed_messages")
             events = await self.value("SELECT count(*) FROM processed_events")
+            seen[:] = [(touchpoints, events)]
             return bool(touchpoints == len(self.sent_touchpoints) and events == len(self.sent_events))
 
-        await wait_for(applied, timeout_s=30, what="every published touchpoint and event applied by campaigns")
+        try:
+            await wait_for(applied, timeout_s=30, what="every published touchpoint and event applied by campaigns")
+        except BaseException:
+            published = (len(self.sent_touchpoints), len(self.sent_events))
+            print(f"applied (touchpoints, events): {seen}, published: {published}")
+            raise
 
     async def messages(self, customer: str) -> list[Any]:
         return await self.fetch(

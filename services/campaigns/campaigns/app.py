@@ -10,6 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from campaigns import registry
+from campaigns.api import router
 from campaigns.consumers import (
     LIFECYCLE_GROUP,
     TOUCHPOINTS_GROUP,
@@ -101,6 +102,7 @@ def create_app(
         "campaigns",
         settings,
         migrations=MIGRATIONS,
+        routers=[router],
         on_start=on_start,
         on_stop=on_stop,
         title="clm campaigns (lifecycle journeys, email and webhooks)",

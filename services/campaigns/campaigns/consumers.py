@@ -146,7 +146,7 @@ async def apply_touchpoints(db: Db, batch: Sequence[Touchpoint], decisions: Deci
                 candidates.get(cid, []), tp.timestamp, {"message_id": tp.message_id, "revenue": tp.revenue}
             )
         event = TriggerEvent("event", cid, tp.message_id, tp.event, tp.timestamp, tp.properties)
-        journeys.on_trigger(event, profile, started[cid])
+        runs[cid].extend(journeys.on_trigger(event, profile, started[cid]))
     await store.write_plan(db, journeys.plan, topic=decisions.events_topic, now=now)
 
 

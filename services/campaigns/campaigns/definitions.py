@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from clm_shared.schemas.lifecycle import Health, Stage
 
@@ -22,6 +31,7 @@ SHIPPED_DIR = Path(__file__).parent / "shipped"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_ISO_DURATION = TypeAdapter(timedelta)
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -33,6 +43,11 @@ def parse_duration(value: object) -> timedelta:
         seconds = float(value)
     elif isinstance(value, str) and (match := _DURATION.match(value)):
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    elif isinstance(value, str) and value.strip().upper().startswith("P"):
+        try:
+            seconds = _ISO_DURATION.validate_python(value.strip()).total_seconds()
+        except ValidationError:
+            raise ValueError(f"a duration like 90s, 15m, 1h, 7d, 2w or PT1H is required, got {value!r}") from None
     else:
         raise ValueError(f"a duration like 90s, 15m, 1h, 7d or 2w is required, got {value!r}")
     if seconds < 0:
@@ -48,7 +63,12 @@ def format_duration(value: timedelta) -> str:
     return f"{seconds}s"
 
 
-Duration = Annotated[timedelta, Field(json_schema_extra={"examples": ["1h", "7d"]})]
+# Written back as "1h", "7d": what an operator wrote, and what the stored versions keep.
+Duration = Annotated[
+    timedelta,
+    PlainSerializer(lambda value: format_duration(value), return_type=str, when_used="json"),
+    Field(json_schema_extra={"examples": ["1h", "7d"]}),
+]
 
 
 class _Strict(BaseModel):

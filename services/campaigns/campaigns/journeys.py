@@ -193,11 +193,13 @@ class Journeys:
         self.plan = Plan()
 
     # -- entry ------------------------------------------------------------------------------------
-    def on_trigger(self, event: TriggerEvent, profile: Profile, existing: set[tuple[str, str]]) -> None:
+    def on_trigger(self, event: TriggerEvent, profile: Profile, existing: set[tuple[str, str]]) -> list[Run]:
         """Start a run in each live campaign this event triggers, unless that trigger started one before.
 
         ``existing`` holds the (campaign id, trigger id) pairs this customer already has runs for.
+        Returns the runs started, so later events of the same batch can move them.
         """
+        started: list[Run] = []
         for entry in self.live.values():
             campaign = entry.campaign
             if entry.status == "archived" or not triggered_by(campaign, event):
@@ -224,6 +226,7 @@ class Journeys:
                 step_since=event.time,
             )
             self.plan.new_runs.append(run)
+            started.append(run)
             self.plan.counts[(campaign.id, "entered")] += 1
             percent = (
                 campaign.holdout_percent if campaign.holdout_percent is not None else self.guardrails.holdout_percent
@@ -235,6 +238,7 @@ class Journeys:
                 self._held_at_entry(entry, event, "holdout", run=run)
                 continue
             self.advance(run, profile, event.time)
+        return started
 
     def _held_at_entry(self, entry: LiveCampaign, event: TriggerEvent, reason: str, *, run: Run | None = None) -> None:
         self.plan.counts[(entry.campaign.id, f"held:{reason}")] += 1
@@ -349,7 +353,10 @@ class Journeys:
             if not isinstance(step, WaitForEventStep):
                 continue
             trigger_properties = run.trigger.get("properties") or {}
-            if any(properties.get(key) != trigger_properties.get(key) for key in step.match):
+            # the same checkout (say) as the trigger's: a key missing from either never matches
+            if any(
+                properties.get(key) is None or properties.get(key) != trigger_properties.get(key) for key in step.match
+            ):
                 continue
             if step.on_event == "exit":
                 self._exit(run, at)

@@ -38,6 +38,7 @@ def _registered(row: Any) -> Registered:
 
 
 def _dump(campaign: Campaign) -> str:
+    """JSON text: the engine's connections take jsonb parameters as text and return them decoded."""
     return campaign.model_dump_json(exclude_none=True)
 
 
@@ -86,7 +87,7 @@ async def save(db: Db, campaign: Campaign, *, origin: Origin, now: datetime) -> 
         "SELECT coalesce(max(version), 0) + 1 FROM campaign_versions WHERE campaign_id = $1", campaign.id
     )
     await db.execute(
-        "INSERT INTO campaign_versions (campaign_id, version, definition, created_at) VALUES ($1, $2, $3::jsonb, $4)",
+        "INSERT INTO campaign_versions (campaign_id, version, definition, created_at) VALUES ($1, $2, $3, $4)",
         campaign.id,
         version,
         _dump(campaign),

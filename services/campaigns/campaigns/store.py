@@ -50,15 +50,19 @@ def event_id(kind: str, key: str) -> str:
     return str(uuid.uuid5(_EVENT_IDS, f"{kind}/{key}"))
 
 
+def _json(value: Any) -> Any:
+    """A jsonb value: the engine's connections decode it already; text only from a bare connection."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
 def _run(row: Any) -> Run:
-    trigger = row["trigger"]
     return Run(
         run_id=row["run_id"],
         campaign_id=row["campaign_id"],
         version=row["version"],
         customer_id=row["customer_id"],
         trigger_id=row["trigger_id"],
-        trigger=orjson.loads(trigger) if isinstance(trigger, str | bytes) else trigger,
+        trigger=_json(row["trigger"]),
         status=row["status"],
         step=row["step"],
         variant=row["variant"],
@@ -89,7 +93,7 @@ async def profiles(db: Db, customer_ids: Iterable[str]) -> dict[str, Profile]:
     )
     found = {
         r["customer_id"]: Profile(
-            r["customer_id"], r["email"], r["timezone"], orjson.loads(r["traits"]), r["stage"], r["health"]
+            r["customer_id"], r["email"], r["timezone"], _json(r["traits"]), r["stage"], r["health"]
         )
         for r in rows
     }

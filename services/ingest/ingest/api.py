@@ -99,9 +99,7 @@ async def ingest(request: Request, endpoint: str) -> Response:
     except SecretsUnavailable as exc:
         EVENTS_REJECTED.labels("unavailable").inc()
         body = {"success": False, "message": "write keys cannot be checked now; retry later", "errors": []}
-        return Response(
-            orjson.dumps(body), 503, {"Retry-After": str(exc.retry_after_s)}, media_type="application/json"
-        )
+        return Response(orjson.dumps(body), 503, {"Retry-After": str(exc.retry_after_s)}, media_type="application/json")
     finally:
         REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
 

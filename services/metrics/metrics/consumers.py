@@ -49,5 +49,3 @@ def touchpoint_handler(engine: AsyncEngine, clock: Clock, dedup_window: timedelt
 
 def lifecycle_handler(engine: AsyncEngine, clock: Clock, dedup_window: timedelta) -> TransactionalHandler[Envelope]:
     return cloudevent_handler(engine, _lifecycle, clock=clock, dedup_window=dedup_window, dedup=Dedup(EVENT_DEDUP))
-
-

@@ -293,9 +293,7 @@ class FunnelStage:
 
 
 async def funnel(db: Db, at: datetime) -> tuple[list[FunnelStage], float | None]:
-    rows = await db.fetch(
-        "SELECT stage, count(*) FROM stage_reached WHERE reached_at < $1 GROUP BY stage", at
-    )
+    rows = await db.fetch("SELECT stage, count(*) FROM stage_reached WHERE reached_at < $1 GROUP BY stage", at)
     reached = {row[0]: row[1] for row in rows}
     stages = [s.value for s in STAGE_ORDER]
     pairs = list(itertools.pairwise(stages))

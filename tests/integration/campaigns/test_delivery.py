@@ -174,8 +174,8 @@ async def test_an_erased_customer_leaves_only_anonymous_counts(svc: CampaignsUnd
 async def test_health_triggers_at_risk_and_win_back(svc: CampaignsUnderTest) -> None:
     await svc.touch(identify("jo", T, first_name="Jo"))
     await svc.settled()
-    await svc.health("jo", Health.AT_RISK, T)
-    await svc.health("jo", Health.CHURNED, T + timedelta(seconds=1))
+    await svc.health("jo", Health.AT_RISK, T - timedelta(seconds=2))
+    await svc.health("jo", Health.CHURNED, T - timedelta(seconds=1))
     await svc.settled()
     await wait_for(lambda: len(svc.mails_to(addr("jo"))) == 2, what="nudge and win-back")
     assert [r["campaign_id"] for r in await svc.messages("jo")] == ["at-risk-nudge", "win-back"]

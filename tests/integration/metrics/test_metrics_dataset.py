@@ -289,7 +289,7 @@ async def test_the_funnel_and_the_top_customers_share(shop: Shop) -> None:
     assert reached == [25, 20, 13, 4, 2, 1]
     assert [s["current"] for s in body["stages"]] == [5, 7, 9, 2, 1, 1]
     # Customers per stage over time end where the funnel's current counts are (the March bucket ends 04-01).
-    series = (await shop.get("/v1/stages", **{"from": "2026-01-01", "to": "2026-04-01", "granularity": "month"}))
+    series = await shop.get("/v1/stages", **{"from": "2026-01-01", "to": "2026-04-01", "granularity": "month"})
     assert [points[-1]["value"] for points in series["series"].values()] == [5, 7, 9, 2, 1, 1]
     conversion = [s["conversion_to_next"] for s in body["stages"]]
     assert conversion == [0.8, 0.65, 4 / 13, 0.5, 0.5, None]

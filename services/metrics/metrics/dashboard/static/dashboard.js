@@ -314,6 +314,77 @@
     }
   }
 
+  // ---- campaigns -----------------------------------------------------------------------------
+
+  // Uplift is a difference of two conversion rates (treatment minus holdout): shown in signed points.
+  function formatUplift(v) {
+    if (!isNum(v)) return "—";
+    const points = v * 100;
+    const sign = points >= 0.05 ? "+" : points <= -0.05 ? "−" : "±";
+    return `${sign}${scoreFmt.format(Math.abs(points))} pp`;
+  }
+
+  // The metrics service asks the campaigns service; when that one is away the panel says so and
+  // the rest of the dashboard loads as usual.
+  function drawCampaigns(answer) {
+    const available = answer.available !== false;
+    const items = available ? answer.items || [] : [];
+    const message = !available ? "Campaigns service unavailable" : items.length ? "" : "No campaigns yet";
+    const status = $("campaigns-status");
+    status.hidden = !message;
+    status.textContent = message;
+    const table = $("campaigns-table");
+    table.hidden = !items.length;
+    const count = (v) => (isNum(v) ? v : 0);
+    draw($("campaigns-chart"), {
+      color: [STAGE_COLORS.engagement, STAGE_COLORS.conversion, STAGE_COLORS.advocacy],
+      tooltip: {
+        ...baseTooltip, trigger: "axis",
+        formatter: (ps) => [ps[0].name, ...ps.map((p) => `${p.seriesName}: ${
+          p.seriesName === "uplift" ? formatUplift(isNum(p.value) ? p.value / 100 : null) : intFmt.format(p.value)
+        }`)].join("\n"),
+      },
+      legend: { show: items.length > 0, top: 0, icon: "roundRect", itemWidth: 10, itemHeight: 10, textStyle: { color: "#55607a" } },
+      grid: { left: 8, right: 8, top: 34, bottom: 4, containLabel: true },
+      xAxis: {
+        type: "category", show: items.length > 0, data: items.map((c) => String(c.name || c.campaign_id)),
+        axisLabel: { color: "#6b7489", interval: 0, overflow: "truncate", width: 110 },
+        axisLine: { lineStyle: { color: "#cfd5e3" } },
+      },
+      yAxis: [
+        { type: "value", minInterval: 1, splitLine: { lineStyle: { color: "#eef1f6" } },
+          axisLabel: { color: "#6b7489", formatter: (v) => intFmt.format(v) } },
+        { type: "value", splitLine: { show: false }, axisLabel: { color: "#6b7489", formatter: (v) => `${scoreFmt.format(v)} pp` } },
+      ],
+      graphic: items.length ? [] : [emptyGraphic(message)],
+      series: [
+        { name: "sent", type: "bar", barMaxWidth: 28, itemStyle: { borderRadius: [4, 4, 0, 0] }, data: items.map((c) => count(c.sent)) },
+        { name: "converted", type: "bar", barMaxWidth: 28, itemStyle: { borderRadius: [4, 4, 0, 0] }, data: items.map((c) => count(c.converted)) },
+        { name: "uplift", type: "scatter", yAxisIndex: 1, symbolSize: 11,
+          data: items.map((c) => (isNum(c.uplift) ? c.uplift * 100 : null)) },
+      ],
+    });
+
+    const body = table.tBodies[0];
+    body.replaceChildren();
+    for (const c of items) {
+      const tr = document.createElement("tr");
+      const name = document.createElement("td");
+      name.className = "id";
+      name.textContent = String(c.name || c.campaign_id);
+      name.title = String(c.campaign_id);
+      const cells = [formatValue("count", c.sent), formatValue("count", c.converted), formatUplift(c.uplift)].map((text) => {
+        const td = document.createElement("td");
+        td.className = "num";
+        td.textContent = text;
+        return td;
+      });
+      if (isNum(c.uplift) && Math.abs(c.uplift) >= 0.0005) cells[2].style.color = c.uplift > 0 ? "var(--good)" : "var(--bad)";
+      tr.append(name, ...cells);
+      body.append(tr);
+    }
+  }
+
   // ---- metric tiles --------------------------------------------------------------------------
 
   function buildTiles(metrics) {
@@ -444,6 +515,7 @@
         stages: api("/v1/stages", { from: range.from, to: range.to, granularity: range.granularity }),
         cohorts: api("/v1/cohorts", { from: range.from, to: range.to }),
         clv: api("/v1/clv"),
+        campaigns: api("/v1/dashboard/campaigns"),
       };
       const results = await Promise.allSettled(Object.values(parts));
       if (!current()) return;
@@ -468,6 +540,7 @@
           else if (keys[i] === "stages") drawStages(r.value, range);
           else if (keys[i] === "cohorts") drawCohorts(r.value);
           else if (keys[i] === "clv") drawClv(r.value);
+          else if (keys[i] === "campaigns") drawCampaigns(r.value);
         } catch (error) {
           console.error(error);
           failed.push(keys[i]);
