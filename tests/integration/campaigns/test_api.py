@@ -62,6 +62,8 @@ class Api:
 async def api(settings: Settings, topics: Topics) -> AsyncIterator[Api]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
+        async with transaction(app.state.ctx.engine) as db:  # start from no campaigns, not the shipped ones
+            await db.execute("DELETE FROM campaigns; DELETE FROM campaign_versions")
         admin, read = await create_api_token(app, Role.ADMIN), await create_api_token(app, Role.READ)
         transport = httpx.ASGITransport(app=app)
         async with (
@@ -157,7 +159,7 @@ async def test_unknown_campaigns_are_404(api: Api) -> None:
 async def test_a_wrong_definition_is_refused_with_the_field_named(api: Api) -> None:
     no_template = definition(steps=[{"type": "send", "name": "mail"}])
     bad_id = definition("Not An Id")
-    for body, field in ((no_template, "steps.0: template:"), (bad_id, "id:"), ({"id": "x"}, "name:")):
+    for body, field in ((no_template, "steps.0.template:"), (bad_id, "id:"), ({"id": "x"}, "name:")):
         refused = await api.admin.post("/v1/campaigns", json=body)
         assert refused.status_code == 422, refused.text
         assert refused.json()["detail"].startswith(field), refused.json()

@@ -64,12 +64,14 @@ async def test_the_dashboard_gets_sent_converted_and_uplift_from_the_campaigns_s
         async with metrics_client(settings, campaigns_url) as (metrics, metrics_app):
             # Created before campaigns first looks tokens up: it reloads on an unknown one at most once a second.
             admin = bearer(await create_api_token(metrics_app, Role.ADMIN))
+            engine = create_engine(settings.database_url, schema=service_schema(settings, "campaigns"), pool_size=1)
+            async with transaction(engine) as db:  # from no campaigns, not the shipped ones
+                await db.execute("DELETE FROM campaigns; DELETE FROM campaign_versions")
             assert (await metrics.get("/v1/dashboard/campaigns")).json() == {"available": True, "items": []}
             async with httpx.AsyncClient(base_url=campaigns_url, headers=admin) as campaigns:
                 for campaign_id in ("welcome", "winback"):
                     answer = await campaigns.post("/v1/campaigns", json=campaign(campaign_id))
                     assert answer.status_code == 201, answer.text
-            engine = create_engine(settings.database_url, schema=service_schema(settings, "campaigns"), pool_size=1)
             try:
                 async with transaction(engine) as db:
                     await db.executemany(
