@@ -35,6 +35,8 @@ OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/doc
 # The dashboard's page and static files hold no data: a browser cannot send a token when it
 # navigates, so they are open and the page's script sends the token with every API call.
 OPEN_PATHS |= {"/dashboard", "/dashboard/static/{file}"}
+# The one-click unsubscribe link in campaign email: the customer has no token, the signed link is the proof.
+OPEN_PATHS |= {"/v1/unsubscribe/{token}"}
 TRACKING_PATHS = {f"/v1/{endpoint}" for endpoint in ENDPOINTS}
 READ_METHODS = {"GET", "HEAD"}
 

@@ -23,6 +23,7 @@ from campaigns.consumers import (
 from campaigns.definitions import SHIPPED_DIR, load_folder
 from campaigns.delivery import DeliveryRound, Sender, TimerRound
 from campaigns.guardrails import Guardrails
+from campaigns.unsubscribe import unsubscribe_router
 from clm_shared.outbox import OutboxRelay
 from clm_shared.runtime import ConsumerRuntime, runtime_hooks
 from clm_shared.service import ServiceContext, create_service_app
@@ -103,6 +104,7 @@ def create_app(
         settings,
         migrations=MIGRATIONS,
         routers=[router],
+        open_routers=[unsubscribe_router],
         on_start=on_start,
         on_stop=on_stop,
         title="clm campaigns (lifecycle journeys, email and webhooks)",

@@ -261,11 +261,34 @@ def describe(exc: ValidationError) -> str:
 
 
 def parse_campaign(data: Any, *, origin: str = "") -> Campaign:
+    """A valid campaign whose templates compile, or a DefinitionError naming the field."""
+    prefix = f"{origin}: " if origin else ""
     try:
-        return Campaign.model_validate(data)
+        campaign = Campaign.model_validate(data)
     except ValidationError as exc:
-        prefix = f"{origin}: " if origin else ""
         raise DefinitionError(prefix + describe(exc)) from None
+    problem = template_problem(campaign)
+    if problem:
+        raise DefinitionError(prefix + problem)
+    return campaign
+
+
+def template_problem(campaign: Campaign) -> str | None:
+    """``steps.0.template.html: line 3: ...`` for the first template that does not compile."""
+    from campaigns.templates import TemplateError, check_template  # templates build on these models
+
+    for index, step in campaign.send_steps():
+        named = [("template", step.template)] + [
+            (f"variant_templates.{k}", t) for k, t in step.variant_templates.items()
+        ]
+        for where, template in named:
+            if template is None:
+                continue
+            try:
+                check_template(template)
+            except TemplateError as exc:
+                return f"steps.{index}.{where}.{exc}"
+    return None
 
 
 def load_file(path: Path) -> Campaign:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from campaigns.guardrails import assign_variant, in_holdout
@@ -235,3 +236,35 @@ async def test_holdout_and_ab_groups_are_the_deterministic_ones(
 
 async def _count_is(svc: CampaignsUnderTest, sql: str, expected: int) -> bool:
     return bool(await svc.value(sql) == expected)
+
+
+async def test_the_one_click_unsubscribe_link_suppresses_every_later_campaign(svc: CampaignsUnderTest) -> None:
+    await svc.touch(identify("uma", T - timedelta(minutes=5)))
+    await svc.settled()
+    await svc.stage("uma", Stage.ENGAGEMENT, T - timedelta(minutes=1))
+    await svc.settled()
+    await wait_for(lambda: len(svc.mails_to(addr("uma"))) == 1, what="the welcome email")
+    link = svc.mails_to(addr("uma"))[0]["List-Unsubscribe"].strip("<>")
+    path = link.removeprefix(svc.settings.campaigns_public_url)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=svc.app), base_url="http://c") as client:
+        page = await client.get(path)  # a mail scanner fetching the link changes nothing
+        assert page.status_code == 200 and "<form" in page.text
+        assert await svc.value("SELECT count(*) FROM suppressions") == 0
+        tampered = await client.post(path[:-2] + ("AA" if not path.endswith("AA") else "BB"))
+        assert tampered.status_code == 400 and "uma" not in tampered.text
+        done = await client.post(path, content=b"List-Unsubscribe=One-Click")
+        assert done.status_code == 200, done.text
+    assert await svc.value("SELECT reason FROM suppressions WHERE customer_id = 'uma'") == "unsubscribed"
+    await svc.stage("uma", Stage.CONVERSION, T)
+    await svc.settled()
+    await wait_for(lambda: _status_is_last(svc, "uma", "held"), what="the next campaign held back")
+    assert [(r["campaign_id"], r["status"], r["reason"]) for r in await svc.messages("uma")] == [
+        ("welcome", "sent", None),
+        ("post-purchase", "held", "suppressed"),
+    ]
+    assert len(svc.mails_to(addr("uma"))) == 1
+
+
+async def _status_is_last(svc: CampaignsUnderTest, customer: str, status: str) -> bool:
+    rows = await svc.messages(customer)
+    return bool(rows) and rows[-1]["status"] == status
