@@ -119,7 +119,7 @@ async def apply_touchpoints(db: Db, batch: Sequence[Touchpoint], decisions: Deci
         if _update_profile(profile, tp):
             changed[profile.customer_id] = profile
     now = decisions.clock()
-    await store.save_profiles(db, changed.values(), now)
+    await store.save_traits(db, changed.values(), now)
 
     tracks = [tp for tp in batch if tp.type == "track" and tp.event]
     if not tracks:
@@ -175,7 +175,13 @@ async def suppress(db: Db, reasons: dict[str, str], times: dict[str, datetime]) 
 
 
 async def _purchases(db: Db, orders: list[tuple[str, Touchpoint]]) -> None:
-    rows = [(cid, pid, name, qty) for cid, tp in orders for pid, name, qty in _products(tp.properties)]
+    bought: dict[tuple[str, str], tuple[str | None, int]] = {}
+    for cid, tp in orders:
+        for pid, name, qty in _products(tp.properties):
+            before_name, before_qty = bought.get((cid, pid), (None, 0))
+            bought[(cid, pid)] = (name or before_name, before_qty + qty)
+    # one row per customer and product: an upsert may not touch a row twice
+    rows = [(cid, pid, name, qty) for (cid, pid), (name, qty) in bought.items()]
     if rows:
         await db.execute(
             "INSERT INTO purchases (customer_id, product_id, name, quantity) SELECT * FROM unnest($1::text[],"
@@ -232,7 +238,7 @@ async def apply_lifecycle(db: Db, batch: Sequence[Envelope], decisions: Decision
                 profile.health = health
                 event = TriggerEvent("health", envelope.subject, envelope.id, health, _event_time(envelope))
             journeys.on_trigger(event, profile, started[envelope.subject])
-        await store.save_profiles(db, profiles.values(), decisions.clock())
+        await store.save_stages(db, profiles.values(), decisions.clock())
         await store.write_plan(db, journeys.plan, topic=decisions.events_topic, now=journeys.now)
     await store.erase(db, erased)
 

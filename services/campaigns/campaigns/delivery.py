@@ -64,6 +64,26 @@ class Sender(Protocol):
     async def __call__(self, job: Job, db: Db) -> None: ...
 
 
+class SerializedDb:
+    """The round's connection for concurrent senders: their queries take turns (asyncpg allows one at a time)."""
+
+    def __init__(self, db: Db) -> None:
+        self._db = db
+        self._turn = asyncio.Lock()
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        async with self._turn:
+            return list(await self._db.fetch(query, *args))
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        async with self._turn:
+            return await self._db.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self._turn:
+            return await self._db.fetchval(query, *args)
+
+
 @dataclass
 class TimerRound:
     engine: AsyncEngine
@@ -147,7 +167,10 @@ class DeliveryRound:
                     "SELECT customer_id, reason FROM suppressions WHERE customer_id = ANY($1::text[])", customers
                 )
             }
-            outcomes = await asyncio.gather(*(self._one(row, definitions, profiles, suppressed, db) for row in rows))
+            shared = SerializedDb(db)  # sends run concurrently; one connection serves one query at a time
+            outcomes = await asyncio.gather(
+                *(self._one(row, definitions, profiles, suppressed, shared) for row in rows)
+            )
             await self._record(db, rows, outcomes, now)
         if any(outcome[0] in ("sent", "failed") for outcome in outcomes) and self.on_sent is not None:
             self.on_sent()
@@ -169,7 +192,8 @@ class DeliveryRound:
         if row["customer_id"] in suppressed and not campaign.transactional:
             return "held", "suppressed"
         if step.channel == "email" and not profile.email:
-            return "held", "no_address"
+            # the address may still be on its way (identify applied after the stage change): try again later
+            return ("held" if row["attempts"] + 1 >= self.attempts else "retry"), "no_address"
         trigger = row["trigger"]
         job = Job(
             message_id=row["message_id"],

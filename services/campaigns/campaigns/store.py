@@ -100,26 +100,41 @@ async def profiles(db: Db, customer_ids: Iterable[str]) -> dict[str, Profile]:
     return {cid: found.get(cid) or Profile(cid) for cid in wanted}
 
 
-async def save_profiles(db: Db, changed: Iterable[Profile], now: datetime) -> None:
+async def save_traits(db: Db, changed: Iterable[Profile], now: datetime) -> None:
+    """Address, timezone and traits (the touchpoint consumer's part of a profile)."""
     rows = list(changed)
-    if not rows:
-        return
-    await db.execute(
-        """
-        INSERT INTO profiles (customer_id, email, timezone, traits, stage, health, updated_at)
-        SELECT c, e, z, t::jsonb, s, h, $7 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-            $6::text[]) AS u(c, e, z, t, s, h)
-        ON CONFLICT (customer_id) DO UPDATE SET email = excluded.email, timezone = excluded.timezone,
-            traits = excluded.traits, stage = excluded.stage, health = excluded.health, updated_at = excluded.updated_at
-        """,
-        [p.customer_id for p in rows],
-        [p.email for p in rows],
-        [p.timezone for p in rows],
-        [orjson.dumps(p.traits).decode() for p in rows],
-        [p.stage for p in rows],
-        [p.health for p in rows],
-        now,
-    )
+    if rows:
+        await db.execute(
+            """
+            INSERT INTO profiles (customer_id, email, timezone, traits, updated_at)
+            SELECT c, e, z, t::jsonb, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(c, e, z, t)
+            ON CONFLICT (customer_id) DO UPDATE SET email = excluded.email, timezone = excluded.timezone,
+                traits = excluded.traits, updated_at = excluded.updated_at
+            """,
+            [p.customer_id for p in rows],
+            [p.email for p in rows],
+            [p.timezone for p in rows],
+            [orjson.dumps(p.traits).decode() for p in rows],
+            now,
+        )
+
+
+async def save_stages(db: Db, changed: Iterable[Profile], now: datetime) -> None:
+    """Stage and health (the lifecycle consumer's part): the two consumers never overwrite each other."""
+    rows = list(changed)
+    if rows:
+        await db.execute(
+            """
+            INSERT INTO profiles (customer_id, stage, health, updated_at)
+            SELECT c, s, h, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c, s, h)
+            ON CONFLICT (customer_id) DO UPDATE SET stage = excluded.stage, health = excluded.health,
+                updated_at = excluded.updated_at
+            """,
+            [p.customer_id for p in rows],
+            [p.stage for p in rows],
+            [p.health for p in rows],
+            now,
+        )
 
 
 async def started_triggers(db: Db, customer_ids: Sequence[str]) -> dict[str, set[tuple[str, str]]]:
