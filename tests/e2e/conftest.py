@@ -43,6 +43,8 @@ def settings_env(settings: Settings, data_dir: Path, ports: dict[str, int]) -> d
         "CLM_SCHEMA_NAMESPACE": settings.schema_namespace,
         "CLM_KAFKA_PARTITIONS": str(settings.kafka_partitions),
         "CLM_DATA_DIR": str(data_dir),
+        # `clm up` starts a mail sink on this port: never the default 8025 a developer's own sink may hold
+        "CLM_SMTP_PORT": str(free_port()),
     }
     env.update({f"CLM_{name.replace('-', '_').upper()}_PORT": str(port) for name, port in ports.items()})
     return env

@@ -27,6 +27,7 @@ import httpx
 import orjson
 import pytest
 
+from campaigns.mail_sink import is_mail_sink
 from clm_cli.infra.process import free_port
 from clm_shared.kafka.admin import ensure_topics
 from clm_shared.topics import Topics
@@ -36,7 +37,7 @@ from tests.secret_watch import read_log, remember_secret, watch_output
 
 HOSTILE = "<script>alert(1)</script>"
 T = TypeVar("T")
-SERVICES = {"ingest": "ingest", "stage-engine": "stage_engine", "metrics": "metrics"}
+SERVICES = {"ingest": "ingest", "stage-engine": "stage_engine", "metrics": "metrics", "campaigns": "campaigns"}
 
 
 def shop_events(now: datetime, customers: int = 40, seed: int = 7) -> list[dict[str, Any]]:
@@ -113,7 +114,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 @contextmanager
 def live_platform(kafka_bootstrap: str, database_url: str) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
-    """(metrics URL, read token, the events sent) with the three services running on the shop's data."""
+    """(metrics URL, read token, the events sent) with the four services running on the shop's data."""
     namespace = f"t{uuid.uuid4().hex[:10]}_"
     settings = make_settings(kafka_bootstrap, database_url, namespace)
     _run(ensure_topics(kafka_bootstrap, {name: TEST_PARTITIONS for name in Topics(namespace).all()}))
@@ -121,13 +122,20 @@ def live_platform(kafka_bootstrap: str, database_url: str) -> Iterator[tuple[str
     ports = {name: free_port() for name in SERVICES}
     env = settings_env(settings, scratch, ports)
     env["CLM_ADMIN_TOKEN"] = remember_secret("admin-" + secrets.token_urlsafe(24))
+    # the dashboard's campaigns panel asks this campaigns service, whose mail goes to a local sink
+    env["CLM_CAMPAIGNS_URL"] = f"http://127.0.0.1:{ports['campaigns']}"
+    env["CLM_SMTP_HOST"], env["CLM_SMTP_PORT"] = "127.0.0.1", str(free_port())
     processes: list[subprocess.Popen[bytes]] = []
     with ExitStack() as stack:
         try:
+            sink_log = stack.enter_context((scratch / "mail-sink.log").open("wb"))
+            sink = [sys.executable, "-m", "campaigns.mail_sink"]
+            processes.append(subprocess.Popen(sink, env=env, stdout=sink_log, stderr=sink_log))
+            _run(_wait_for_sink(int(env["CLM_SMTP_PORT"])))
             for name, module in SERVICES.items():
                 log = stack.enter_context((scratch / f"{name}.log").open("wb"))
                 processes.append(subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=log))
-            for (name, _), process in zip(SERVICES.items(), processes, strict=True):
+            for (name, _), process in zip(SERVICES.items(), processes[1:], strict=True):
                 _wait_ready(f"http://127.0.0.1:{ports[name]}", process, scratch / f"{name}.log")
             key = remember_secret(_cli(env, "keys", "create", "--name", "shop"))
             token = remember_secret(_cli(env, "tokens", "create", "--name", "dashboard", "--role", "read"))
@@ -152,6 +160,14 @@ def live_platform(kafka_bootstrap: str, database_url: str) -> Iterator[tuple[str
                 watch_output(f"{name} log (live dashboard)", read_log(scratch / f"{name}.log"))
             _run(drop_schemas(database_url, namespace))
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _wait_for_sink(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while not await is_mail_sink(port):
+        if time.monotonic() > deadline:
+            pytest.fail("the mail sink did not start")
+        await asyncio.sleep(0.1)
 
 
 def _wait_applied(metrics: str, token: str, events: list[dict[str, Any]], now: datetime) -> None:

@@ -27,7 +27,6 @@ from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
 from clm_cli.infra.browser import CHROMIUM, CHROMIUM_ARGS
 from clm_cli.infra.process import free_port
-from tests.e2e import live_platform as live
 from tests.e2e.live_platform import live_platform
 from tests.secret_watch import remember_secret
 from tests.utils.metrics_api_double import HOSTILE, metrics_api_double
@@ -37,7 +36,7 @@ VALUE = re.compile(r"^-?[\d,.]+%?$|^—$")  # a number, a percentage, or "—" f
 TILES = ["page_views", "nps", "trial_to_paid_rate", "average_order_value", "churn_rate", "affiliate_revenue"]
 UNAVAILABLE = "Campaigns service unavailable"
 # What the campaigns panel must show: rows, the "unavailable" note, or either (a service we did not start).
-CampaignsExpected = Literal["rows", "unavailable", "any"]
+CampaignsExpected = Literal["rows", "shipped", "unavailable", "any"]
 
 # What /v1/dashboard/campaigns of the double answers: a campaign named with markup among them.
 CAMPAIGN_FIGURES: list[dict[str, Any]] = [
@@ -107,8 +106,8 @@ def dashboard_target(
         yield DashboardTarget(url.rstrip("/"), remember_secret(token))
         return
     if request.param == "live":
-        # The live platform runs ingest, the stage engine and metrics: without campaigns the panel says so.
-        expected: CampaignsExpected = "any" if "campaigns" in live.SERVICES else "unavailable"
+        # The live platform runs all four services: the panel lists the eight shipped campaigns.
+        expected: CampaignsExpected = "shipped"
         with live_platform(kafka_bootstrap, database_url) as (metrics_url, read_token, _):
             yield DashboardTarget(metrics_url, read_token, expected)
         return
@@ -210,6 +209,10 @@ def expect_campaigns(page: Page, expected: CampaignsExpected) -> None:
         expect(rows).to_have_count(len(CAMPAIGN_FIGURES))
         expect(rows.first.locator("td")).to_have_text(["Welcome series", "1,840", "212", "+4.1 pp"])
         expect(rows.nth(2).locator("td").last).to_have_text("—")
+        expect(status).to_be_hidden()
+    elif expected == "shipped":
+        expect(rows).to_have_count(8)
+        expect(page.get_by_test_id("campaigns-table").locator("tbody td").filter(has_text="Welcome")).to_be_visible()
         expect(status).to_be_hidden()
     elif expected == "unavailable":
         expect(status).to_have_text(UNAVAILABLE)

@@ -54,7 +54,11 @@ async def test_clm_up_brings_all_four_services_to_ready_and_sigint_stops_them(
             health = (await client.get(f"http://127.0.0.1:{port}/healthz")).json()
             assert health == {"status": "ok", "service": name}
             ready = (await client.get(f"http://127.0.0.1:{port}/readyz")).json()
-            groups = {"stage-engine": ["stage-engine"], "metrics": ["metrics", "metrics-lifecycle"]}.get(name, [])
+            groups = {
+                "stage-engine": ["stage-engine"],
+                "metrics": ["metrics", "metrics-lifecycle"],
+                "campaigns": ["campaigns", "campaigns-lifecycle"],
+            }.get(name, [])
             consumers = {f"consumer:{group}": True for group in groups}
             assert ready["checks"] == {"postgres": True, "kafka": True, "topics": True, **consumers}
             metrics = await client.get(f"http://127.0.0.1:{port}/metrics")
