@@ -9,8 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from campaigns.definitions import SendStep
 from campaigns.guardrails import assign_variant, in_holdout
-from campaigns.registry import set_status
+from campaigns.registry import get, save, set_status
 from clm_shared.schemas.lifecycle import EventType, Health, Stage
 from clm_shared.schemas.touchpoint import Touchpoint
 from clm_shared.settings import Settings
@@ -268,3 +269,28 @@ async def test_the_one_click_unsubscribe_link_suppresses_every_later_campaign(sv
 async def _status_is_last(svc: CampaignsUnderTest, customer: str, status: str) -> bool:
     rows = await svc.messages(customer)
     return bool(rows) and rows[-1]["status"] == status
+
+
+async def test_a_run_finishes_the_version_it_started_while_new_runs_take_the_new_one(svc: CampaignsUnderTest) -> None:
+    start = T - timedelta(minutes=2)
+    await svc.touch(identify("vic", start), identify("wes", start))
+    await svc.touch(touchpoint("Checkout Started", customer="vic", at=start, checkout_id="k1"))
+    await svc.settled()
+    async with transaction(svc.app.state.ctx.engine) as db:
+        current = await get(db, "abandoned-cart")
+        assert current is not None and current.version == 1
+        steps = list(current.campaign.steps)
+        reminder = steps[2]
+        assert isinstance(reminder, SendStep) and reminder.template is not None
+        changed_template = reminder.template.model_copy(update={"subject": "Version two: still thinking?"})
+        steps[2] = reminder.model_copy(update={"template": changed_template})
+        saved = await save(db, current.campaign.model_copy(update={"steps": steps}), origin="api", now=T)
+        assert saved.version == 2
+    await svc.touch(touchpoint("Checkout Started", customer="wes", at=start, checkout_id="k2"))
+    await svc.settled()
+    svc.clock.now = start + timedelta(hours=1, seconds=1)
+    await wait_for(lambda: len(svc.mails_to(addr("vic"))) == 1 and len(svc.mails_to(addr("wes"))) == 1, what="both")
+    assert svc.mails_to(addr("vic"))[0]["Subject"] != "Version two: still thinking?"
+    assert svc.mails_to(addr("wes"))[0]["Subject"] == "Version two: still thinking?"
+    versions = await svc.fetch("SELECT customer_id, version FROM runs ORDER BY customer_id")
+    assert [(r["customer_id"], r["version"]) for r in versions] == [("vic", 1), ("wes", 2)]
