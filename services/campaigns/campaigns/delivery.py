@@ -29,6 +29,7 @@ from campaigns.consumers import Decisions
 from campaigns.definitions import Campaign, SendStep
 from campaigns.journeys import Profile
 from campaigns.registry import versions
+from campaigns.templates import TemplateError
 from clm_shared.schemas.lifecycle import CampaignFailed, CampaignSent, EventType
 from clm_shared.transactions import Db, transaction
 
@@ -147,7 +148,15 @@ class DeliveryRound:
                     "SELECT customer_id, reason FROM suppressions WHERE customer_id = ANY($1::text[])", customers
                 )
             }
-            outcomes = await asyncio.gather(*(self._one(row, definitions, profiles, suppressed, db) for row in rows))
+            # every job finishes before the transaction ends (a job left running would use the connection
+            # after it went back to the pool); then the first error, if any, rolls the round back
+            results = await asyncio.gather(
+                *(self._one(row, definitions, profiles, suppressed, db) for row in rows), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            outcomes = [result for result in results if not isinstance(result, BaseException)]
             await self._record(db, rows, outcomes, now)
         if any(outcome[0] in ("sent", "failed") for outcome in outcomes) and self.on_sent is not None:
             self.on_sent()
@@ -188,7 +197,7 @@ class DeliveryRound:
                 await self.sender(job, db)
             except TransientFailure as exc:
                 return ("failed" if row["attempts"] + 1 >= self.attempts else "retry"), str(exc)
-            except PermanentFailure as exc:
+            except (PermanentFailure, TemplateError) as exc:  # a template that cannot render will not next time
                 return "failed", str(exc)
         return "sent", None
 

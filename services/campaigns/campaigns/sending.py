@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 from campaigns.channels.email import EmailChannel
@@ -52,6 +53,7 @@ class ChannelSender:
     webhook: WebhookChannel
     signer: Signer
     settings: Settings
+    _db_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
 
     async def context(self, job: Job, db: Db) -> dict[str, Any]:
         traits = dict(job.profile.traits)
@@ -70,8 +72,13 @@ class ChannelSender:
                 self.settings, self.signer.unsubscribe_token(job.customer_id, job.campaign.id)
             ),
             "referral_code": self.signer.referral_code(job.customer_id) if "referral_code" in include else None,
-            "recommendations": await recommendations(db, job.customer_id) if "recommendations" in include else [],
+            "recommendations": await self._recommendations(db, job.customer_id) if "recommendations" in include else [],
         }
+
+    async def _recommendations(self, db: Db, customer_id: str) -> list[dict[str, Any]]:
+        # the delivery round's jobs run concurrently on its one connection: one query at a time on it
+        async with self._db_lock:
+            return await recommendations(db, customer_id)
 
     async def __call__(self, job: Job, db: Db) -> None:
         context = await self.context(job, db)

@@ -183,6 +183,75 @@ async def test_a_permanent_refusal_fails_the_send_after_one_attempt(
         assert svc.sink.messages() == []
 
 
+def email_campaign(folder: Path, campaign_id: str, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    definition = {
+        "id": campaign_id,
+        "name": campaign_id,
+        "trigger": {"event": "Promo Viewed"},
+        "quiet_hours": False,
+        "holdout_percent": 0,
+        "steps": [
+            {"type": "send", "name": "promo", "template": {"subject": "Promo", "html": "<p>Hi</p>", "text": text}}
+        ],
+    }
+    (folder / f"{campaign_id}.yaml").write_text(json.dumps(definition), encoding="utf-8")
+
+
+@pytest.mark.parametrize("broken", ["{{ 1 / 0 }}", "{{ customer.id.nope() }}", "{% if %}"])
+async def test_a_template_that_cannot_render_fails_its_own_send_and_no_other(
+    settings: Settings, topics: Topics, tmp_path: Path, broken: str
+) -> None:
+    """Both sends are due in one delivery round: the broken one fails for good, the other goes out once."""
+    folder = tmp_path / "campaigns"
+    email_campaign(folder, "promo-good", "Hi {{ customer.id }}")
+    email_campaign(folder, "promo-broken", broken)
+    clock = FakeClock(T)
+    async with running_campaigns(settings, topics, clock, tmp_path / "mail", campaigns_dir=folder, **RETRIES) as svc:
+        identify = touchpoint(None, customer="gil", call_type="identify", at=T, traits={"email": addr("gil")})
+        await svc.touch(identify, touchpoint("Promo Viewed", customer="gil", at=T))
+        await svc.settled()
+        failed = await wait_attempts(svc, "gil", "promo-broken", 1, "failed")
+        assert failed["last_error"].startswith("text: ")
+        await wait_attempts(svc, "gil", "promo-good", 1, "sent")
+        await outbox_drained(svc)
+        events = await svc.campaign_events(2)
+        assert await topic_size(settings.kafka_bootstrap, topics.campaign_events) == 2
+        assert sorted((e.type, e.data["campaign_id"]) for e in events) == [
+            (EventType.CAMPAIGN_FAILED, "promo-broken"),
+            (EventType.CAMPAIGN_SENT, "promo-good"),
+        ]
+        assert mails_for(svc, "gil") == 1
+        assert (await svc.counts("promo-broken")).get("failed") == 1
+
+
+async def test_recommendation_emails_due_in_one_round_each_go_out_once(
+    settings: Settings, topics: Topics, tmp_path: Path
+) -> None:
+    """Each one queries purchases while the round sends the others: the round must not trip over itself."""
+    customers = [f"rec{n}" for n in range(6)]
+    async with running_campaigns(settings, topics, FakeClock(T), tmp_path / "mail", **RETRIES) as svc:
+        for customer in customers:
+            await svc.touch(
+                touchpoint(None, customer=customer, call_type="identify", at=T, traits={"email": addr(customer)}),
+                touchpoint("Order Completed", customer=customer, at=T, products=[{"product_id": f"p-{customer}"}]),
+            )
+        await svc.settled()
+        for customer in customers:
+            await svc.stage(customer, Stage.RETENTION, T)
+        await svc.settled()
+
+        async def all_sent() -> bool:
+            sql = "SELECT count(*) FROM messages WHERE campaign_id = 'recommendations' AND status = 'sent'"
+            return bool(await svc.value(sql) == len(customers))
+
+        await wait_for(all_sent, what="every recommendations email sent")
+        assert [mails_for(svc, customer) for customer in customers] == [1] * len(customers)
+        for mail in svc.sink.messages():
+            text = mail.get_body(("plain",))
+            assert text is not None and "p-rec" in text.get_content()  # the others' purchases, recommended
+
+
 # --- webhooks -------------------------------------------------------------------------------------
 
 
