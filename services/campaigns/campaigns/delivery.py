@@ -29,6 +29,7 @@ from campaigns.consumers import Decisions
 from campaigns.definitions import Campaign, SendStep
 from campaigns.journeys import Profile
 from campaigns.registry import versions
+from campaigns.templates import TemplateError
 from clm_shared.schemas.lifecycle import CampaignFailed, CampaignSent, EventType
 from clm_shared.transactions import Db, transaction
 
@@ -168,9 +169,15 @@ class DeliveryRound:
                 )
             }
             shared = SerializedDb(db)  # sends run concurrently; one connection serves one query at a time
-            outcomes = await asyncio.gather(
-                *(self._one(row, definitions, profiles, suppressed, shared) for row in rows)
+            # every job finishes before the transaction ends (a job left running would use the connection
+            # after it went back to the pool); then the first error, if any, rolls the round back
+            results = await asyncio.gather(
+                *(self._one(row, definitions, profiles, suppressed, shared) for row in rows), return_exceptions=True
             )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            outcomes = [result for result in results if not isinstance(result, BaseException)]
             await self._record(db, rows, outcomes, now)
         if any(outcome[0] in ("sent", "failed") for outcome in outcomes) and self.on_sent is not None:
             self.on_sent()
@@ -212,8 +219,11 @@ class DeliveryRound:
                 await self.sender(job, db)
             except TransientFailure as exc:
                 return ("failed" if row["attempts"] + 1 >= self.attempts else "retry"), str(exc)
-            except PermanentFailure as exc:
+            except (PermanentFailure, TemplateError) as exc:  # a template that cannot render will not next time
                 return "failed", str(exc)
+            except Exception as exc:  # unforeseen: this send is retried, the others of the round go on
+                log.error("send raised an unexpected error", message_id=row["message_id"], error=type(exc).__name__)
+                return ("failed" if row["attempts"] + 1 >= self.attempts else "retry"), type(exc).__name__
         return "sent", None
 
     async def _record(self, db: Db, rows: list[Any], outcomes: list[tuple[str, str | None]], now: datetime) -> None:
