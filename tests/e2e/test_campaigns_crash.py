@@ -300,7 +300,15 @@ async def test_a_kill_as_the_first_mails_arrive_repeats_only_those_under_their_m
         crash.handler.on_stored = kill_on_first_mail
         await kill_while_waiting(crash)
         await wait_for(lambda: bool(killed), timeout_s=30, what="the first mail, and the kill")
-        await wait_for(lambda: crash.handler.in_flight == 0, what="mail accepted before the kill written")
+        # what the dead process had fully sent may still sit in the sink's socket buffers: wait until the
+        # sink has written it all (nothing being written, and the same count on consecutive polls)
+        counts: list[int] = []
+
+        def drained() -> bool:
+            counts.append(len(crash.sink.messages()))
+            return crash.handler.in_flight == 0 and len(counts) >= 5 and len(set(counts[-5:])) == 1
+
+        await wait_for(drained, what="mail accepted before the kill written")
         stored_at_kill = {str(m["Message-ID"]) for m in crash.sink.messages()}
         print(f"mails stored at the kill: {len(stored_at_kill)}")
         assert 1 <= len(stored_at_kill) < len(CUSTOMERS), "not killed mid-delivery: the test proves nothing"

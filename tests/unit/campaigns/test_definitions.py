@@ -410,3 +410,26 @@ def test_the_referral_invite_shows_the_code() -> None:
 def test_the_win_back_offer_has_a_code() -> None:
     _, html, text = _render(_one("win-back", "offer"), _context())
     assert "WELCOMEBACK15" in html and "WELCOMEBACK15" in text
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("template", "steps.0.template.html: line 1:"),
+        ("variant_templates", "steps.1.variant_templates.B.text: line 1:"),
+    ],
+)
+def test_a_template_that_does_not_compile_is_refused_with_its_part_named(where: str, expected: str) -> None:
+    good = {"subject": "Hi", "html": "<p>Hi</p>", "text": "Hi"}
+    steps: list[dict[str, Any]] = [
+        {"type": "split", "variants": {"A": 1, "B": 1}},
+        {"type": "send", "name": "hello", "template": good},
+    ]
+    if where == "template":
+        steps = [{"type": "send", "name": "hello", "template": {**good, "html": "{% if x %}unclosed"}}]
+    else:
+        steps[1]["variant_templates"] = {"B": {**good, "text": "{{ }}"}}
+    data = {"id": "hello", "name": "Hello", "trigger": {"event": "Signed Up"}, "steps": steps}
+    with pytest.raises(DefinitionError) as caught:
+        parse_campaign(data)
+    assert str(caught.value).startswith(expected)
