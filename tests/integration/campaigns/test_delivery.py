@@ -12,11 +12,13 @@ import pytest
 from campaigns.definitions import SendStep
 from campaigns.guardrails import assign_variant, in_holdout
 from campaigns.registry import get, save, set_status
+from clm_shared.kafka.admin import ensure_topics
 from clm_shared.schemas.lifecycle import EventType, Health, Stage
 from clm_shared.schemas.touchpoint import Touchpoint
 from clm_shared.settings import Settings
 from clm_shared.topics import Topics
 from clm_shared.transactions import transaction
+from tests.conftest import drop_schemas
 from tests.utils.campaigns import CampaignsUnderTest, running_campaigns
 from tests.utils.clock import FakeClock
 from tests.utils.factories import touchpoint
@@ -294,3 +296,36 @@ async def test_a_run_finishes_the_version_it_started_while_new_runs_take_the_new
     assert svc.mails_to(addr("wes"))[0]["Subject"] == "Version two: still thinking?"
     versions = await svc.fetch("SELECT customer_id, version FROM runs ORDER BY customer_id")
     assert [(r["customer_id"], r["version"]) for r in versions] == [("vic", 1), ("wes", 2)]
+
+
+async def test_replaying_the_topics_later_messages_nobody_about_the_past(
+    settings: Settings, topics: Topics, tmp_path: Path
+) -> None:
+    async def shop(svc: CampaignsUnderTest) -> None:
+        await svc.touch(identify("xia", T - timedelta(minutes=5)))
+        await svc.touch(touchpoint("Checkout Started", customer="xia", at=T - timedelta(minutes=5), checkout_id="k"))
+        await svc.settled()
+        await svc.stage("xia", Stage.ENGAGEMENT, T - timedelta(minutes=1), event_id="the-stage-change")
+        await svc.settled()
+
+    async with running_campaigns(settings, topics, FakeClock(T), tmp_path / "mail", **QUIET_OFF) as live:
+        await shop(live)
+        await wait_for(lambda: len(live.mails_to(addr("xia"))) == 1, what="the live welcome")
+    # the same history again (same event times) into a fresh deployment, two days later: a backfill
+    namespace = settings.topic_namespace + "replay_"
+    fresh = settings.model_copy(update={"topic_namespace": namespace, "schema_namespace": namespace})
+    fresh_topics = Topics(namespace)
+    await ensure_topics(settings.kafka_bootstrap, {name: 2 for name in fresh_topics.all()})
+    try:
+        async with running_campaigns(
+            fresh, fresh_topics, FakeClock(T + timedelta(days=2)), tmp_path / "replay-mail", **QUIET_OFF
+        ) as replay:
+            await shop(replay)
+            held = await replay.fetch("SELECT campaign_id, status, reason FROM messages ORDER BY campaign_id")
+            assert [(r["campaign_id"], r["status"], r["reason"]) for r in held] == [
+                ("abandoned-cart", "held", "stale"),
+                ("welcome", "held", "stale"),
+            ]
+            assert replay.sink.messages() == []
+    finally:
+        await drop_schemas(settings.database_url, namespace)
