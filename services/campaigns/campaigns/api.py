@@ -6,7 +6,6 @@ for GETs, an admin token for changes. Errors are JSON with a ``detail`` that sta
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -17,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from campaigns import registry
 from campaigns.definitions import Campaign, DefinitionError, parse_campaign
 from campaigns.registry import Origin, Registered, Status
-from campaigns.stats import campaign_stats
+from campaigns.stats import CampaignStats, campaign_stats
 from clm_shared.transactions import Db, transaction
 
 router = APIRouter(prefix="/v1", tags=["campaigns"])
@@ -75,28 +74,10 @@ class VersionPublic(BaseModel):
     definition: dict[str, Any]
 
 
-class HoldoutPublic(BaseModel):
-    members: int
-    converted: int
-    conversion_rate: float | None
-
-
-class StatsPublic(BaseModel):
+class StatsPublic(CampaignStats):
     campaign_id: str
     name: str
     status: Status
-    entered: int
-    sent: int
-    failed: int
-    exited: int
-    completed: int
-    converted: int
-    treatment: int
-    conversion_rate: float | None
-    holdout: HoldoutPublic
-    uplift: float | None
-    relative_uplift: float | None
-    held_back: dict[str, int]
 
 
 class StatsList(BaseModel):
@@ -205,7 +186,7 @@ def _stats(found: Registered, counts: dict[str, int]) -> StatsPublic:
         campaign_id=found.campaign.id,
         name=found.campaign.name,
         status=found.status,
-        **asdict(campaign_stats(counts)),
+        **campaign_stats(counts).model_dump(),
     )
 
 

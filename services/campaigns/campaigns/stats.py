@@ -8,20 +8,25 @@ reads them into :func:`campaign_stats`. Rates are fractions; a group with no mem
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
 
 HELD_PREFIX = "held:"
 
 
-@dataclass(frozen=True)
-class HoldoutStats:
+class HoldoutStats(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
     members: int
     converted: int
     conversion_rate: float | None
 
 
-@dataclass(frozen=True)
-class CampaignStats:
+class CampaignStats(BaseModel):
+    """What /v1/campaigns/{id}/stats shows: the API's model extends this one."""
+
+    model_config = ConfigDict(frozen=True)
+
     entered: int
     sent: int
     failed: int
@@ -33,7 +38,7 @@ class CampaignStats:
     holdout: HoldoutStats
     uplift: float | None  # treatment rate - holdout rate, in absolute terms (0.02 = 2 percentage points)
     relative_uplift: float | None  # uplift / holdout rate; None when the holdout did not convert at all
-    held_back: dict[str, int] = field(default_factory=dict)
+    held_back: dict[str, int] = Field(default_factory=dict)
 
 
 def rate(part: int, whole: int) -> float | None:

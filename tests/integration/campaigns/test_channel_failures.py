@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +26,7 @@ from tests.utils.campaigns import CampaignsUnderTest, running_campaigns
 from tests.utils.clock import FakeClock
 from tests.utils.factories import touchpoint
 from tests.utils.kafka import topic_size
+from tests.utils.webhooks import Receiver, webhook_receiver
 from tests.waiting import wait_for
 
 T = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday, noon UTC: outside quiet hours
@@ -255,45 +253,10 @@ async def test_recommendation_emails_due_in_one_round_each_go_out_once(
 # --- webhooks -------------------------------------------------------------------------------------
 
 
-@dataclass
-class Receiver:
-    """A real HTTP server in a thread: records each POST and answers the next of ``answers`` (then 200)."""
-
-    answers: list[int] = field(default_factory=list)
-    requests: list[tuple[dict[str, str], bytes, int]] = field(default_factory=list)
-    url: str = ""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.requests)
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    state = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            with state.lock:
-                status = state.answers.pop(0) if state.answers else 200
-                state.requests.append(({k.lower(): v for k, v in self.headers.items()}, body, status))
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # no request lines (with the URL's token) in the test output
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/leads?token=t0k3n"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with webhook_receiver("/hooks/leads?token=t0k3n") as state:
+        yield state
 
 
 def webhook_campaign(folder: Path, url: str) -> Path:

@@ -11,8 +11,6 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +27,7 @@ from campaigns.templates import RenderedEmail, render_email
 from clm_cli.infra.process import free_port
 from clm_shared.settings import Settings
 from tests.secret_watch import watch_output
+from tests.utils.webhooks import Receiver, webhook_receiver
 from tests.waiting import wait_for
 
 TO = "ada@example.org"
@@ -180,43 +179,11 @@ async def test_an_address_with_a_line_break_is_refused_before_sending(tmp_path: 
 # --- webhooks -------------------------------------------------------------------------------------
 
 
-@dataclass
-class Receiver:
-    """A real HTTP server in a thread: records each request, answers ``status`` (or hangs while ``hang``)."""
-
-    status: int = 204
-    hang: threading.Event | None = None
-    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    url: str = ""
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    state = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            state.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-            if state.hang is not None:
-                state.hang.wait(timeout=30)
-            self.send_response(state.status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # keep the test output free of request lines
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/clm?token=abc"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield state
-    if state.hang is not None:
-        state.hang.set()
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with webhook_receiver("/hooks/clm?token=abc") as state:
+        state.status = 204
+        yield state
 
 
 def hook_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -230,7 +197,7 @@ PAYLOAD = {"campaign": "welcome", "customer": {"id": "c-1"}, "referral_code": "A
 async def test_a_webhook_is_signed_and_the_signature_verifies(tmp_path: Path, receiver: Receiver) -> None:
     async with WebhookChannel(hook_settings(tmp_path)) as channel:
         await channel.send(receiver.url, PAYLOAD, delivery_id="send-50")
-    [(headers, body)] = receiver.requests
+    [(headers, body, _)] = receiver.requests
     assert json.loads(body) == PAYLOAD
     assert headers["content-type"] == "application/json"
     assert headers["x-clm-delivery-id"] == "send-50"
@@ -253,7 +220,7 @@ async def test_a_shared_client_is_used_and_left_open(tmp_path: Path, receiver: R
         await channel.send(receiver.url, PAYLOAD, delivery_id="send-56")
         await channel.aclose()
         assert not client.is_closed
-    [(headers, _)] = receiver.requests
+    [(headers, _, _)] = receiver.requests
     assert headers["user-agent"] == "clm-campaigns"
 
 
@@ -261,7 +228,7 @@ async def test_without_a_webhook_secret_the_campaigns_signing_key_signs(tmp_path
     settings = Settings(data_dir=tmp_path, campaigns_signing_key=SecretStr("s" * 32))
     async with WebhookChannel(settings) as channel:
         await channel.send(receiver.url, PAYLOAD, delivery_id="send-51")
-    [(headers, body)] = receiver.requests
+    [(headers, body, _)] = receiver.requests
     assert verify_webhook_signature(
         "s" * 32, headers["x-clm-timestamp"], body, headers["x-clm-signature"], now=time.time()
     )
