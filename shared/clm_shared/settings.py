@@ -109,7 +109,9 @@ class Settings(BaseSettings):
     smtp_timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout of one SMTP conversation.")
     mail_from: str = Field("clm <noreply@clm.invalid>", description="The From header of campaign email.")
     webhook_secret: SecretStr | None = Field(
-        None, description="Key of the HMAC-SHA256 signature on campaign webhooks; else the campaigns signing key."
+        None,
+        description="Key of the HMAC-SHA256 signature on campaign webhooks; else generated into"
+        " <data dir>/webhook-secret.",
     )
     webhook_timeout_s: float = Field(5.0, gt=0, le=120, description="Timeout of one campaign webhook call.")
     erasure_key: SecretStr | None = Field(

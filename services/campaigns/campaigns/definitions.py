@@ -32,6 +32,7 @@ SHIPPED_DIR = Path(__file__).parent / "shipped"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _ISO_DURATION = TypeAdapter(timedelta)
+MAX_DURATION = timedelta(weeks=260)
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -52,6 +53,8 @@ def parse_duration(value: object) -> timedelta:
         raise ValueError(f"a duration like 90s, 15m, 1h, 7d or 2w is required, got {value!r}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError("a duration of at most 5 years (260w) is allowed")
     return timedelta(seconds=seconds)
 
 

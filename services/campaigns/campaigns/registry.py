@@ -115,11 +115,16 @@ async def set_status(db: Db, campaign_id: str, status: Status, *, now: datetime)
 
 
 async def seed(db: Db, shipped: list[Campaign], *, origin: Origin, now: datetime) -> int:
-    """Store the shipped (or folder) campaigns not stored yet; an operator's changes through the API stay."""
+    """Store the shipped (or folder) campaigns not stored yet, or changed by a release.
+
+    An operator's changes through the API stay, and a campaign an operator archived stays archived.
+    """
     added = 0
     for campaign in shipped:
         current = await get(db, campaign.id)
-        if current is None or (current.origin != "api" and current.campaign != campaign):
+        if current is None or (
+            current.origin != "api" and current.status != "archived" and current.campaign != campaign
+        ):
             await save(db, campaign, origin=origin, now=now)
             added += 1
     return added

@@ -413,11 +413,14 @@ async def _insert_messages(db: Db, sends: list[Any]) -> None:
 
 async def erase(db: Db, customer_ids: Sequence[str]) -> None:
     """GDPR: the customers' runs, messages, address, traits, purchases and links go; counters stay."""
-    ids = list(customer_ids)
-    if not ids:
+    if not customer_ids:
         return
+    # the customer's anonymous ids too: what was kept under them before they were tied to the customer
+    aliases = await db.fetch("SELECT alias_id FROM identities WHERE customer_id = ANY($1::text[])", list(customer_ids))
+    ids = sorted({*customer_ids, *(r["alias_id"] for r in aliases)})
     run_ids = await db.fetch("SELECT run_id FROM runs WHERE customer_id = ANY($1::text[])", ids)
     await TIMERS.cancel(db, [timer_id(r["run_id"]) for r in run_ids])
     for table in ("messages", "runs", "profiles", "purchases", "suppressions"):
         await db.execute(f"DELETE FROM {table} WHERE customer_id = ANY($1::text[])", ids)
+    await db.execute("DELETE FROM last_sequences WHERE subject = ANY($1::text[])", ids)
     await db.execute("DELETE FROM identities WHERE customer_id = ANY($1::text[]) OR alias_id = ANY($1::text[])", ids)

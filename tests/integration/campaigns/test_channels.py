@@ -26,7 +26,7 @@ from campaigns.mail_sink import MailSink, is_mail_sink, stored_mail
 from campaigns.templates import RenderedEmail, render_email
 from clm_cli.infra.process import free_port
 from clm_shared.settings import Settings
-from tests.secret_watch import watch_output
+from tests.secret_watch import remember_secret, watch_output
 from tests.utils.webhooks import Receiver, webhook_receiver
 from tests.waiting import wait_for
 
@@ -224,14 +224,18 @@ async def test_a_shared_client_is_used_and_left_open(tmp_path: Path, receiver: R
     assert headers["user-agent"] == "clm-campaigns"
 
 
-async def test_without_a_webhook_secret_the_campaigns_signing_key_signs(tmp_path: Path, receiver: Receiver) -> None:
+async def test_without_a_webhook_secret_a_generated_one_signs_never_the_signing_key(
+    tmp_path: Path, receiver: Receiver
+) -> None:
     settings = Settings(data_dir=tmp_path, campaigns_signing_key=SecretStr("s" * 32))
     async with WebhookChannel(settings) as channel:
         await channel.send(receiver.url, PAYLOAD, delivery_id="send-51")
     [(headers, body, _)] = receiver.requests
-    assert verify_webhook_signature(
-        "s" * 32, headers["x-clm-timestamp"], body, headers["x-clm-signature"], now=time.time()
-    )
+    generated = remember_secret((tmp_path / "webhook-secret").read_text().strip())
+    assert (tmp_path / "webhook-secret").stat().st_mode & 0o777 == 0o600
+    signature, timestamp = headers["x-clm-signature"], headers["x-clm-timestamp"]
+    assert verify_webhook_signature(generated, timestamp, body, signature, now=time.time())
+    assert not verify_webhook_signature("s" * 32, timestamp, body, signature, now=time.time())
 
 
 @pytest.mark.parametrize(

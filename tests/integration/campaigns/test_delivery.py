@@ -159,7 +159,14 @@ async def _status_is(svc: CampaignsUnderTest, customer: str, status: str) -> boo
 
 
 async def test_an_erased_customer_leaves_only_anonymous_counts(svc: CampaignsUnderTest) -> None:
-    await svc.touch(identify("ivy", T))
+    # before signing up, as an anonymous visitor: a newsletter address and a cart, kept under the anonymous id
+    anonymous = touchpoint(None, customer="anon-ivy", call_type="identify", at=T, traits={"email": addr("anon-ivy")})
+    await svc.touch(anonymous, touchpoint("Checkout Started", customer="anon-ivy", at=T, checkout_id="k"))
+    await svc.touch(
+        touchpoint(
+            None, customer="ivy", call_type="identify", at=T, anonymous_id="anon-ivy", traits={"email": addr("ivy")}
+        )
+    )
     await svc.touch(touchpoint("Order Completed", customer="ivy", at=T, products=[{"product_id": "p1"}]))
     await svc.settled()
     await svc.stage("ivy", Stage.ENGAGEMENT, T)
@@ -167,11 +174,17 @@ async def test_an_erased_customer_leaves_only_anonymous_counts(svc: CampaignsUnd
     await wait_for(lambda: len(svc.mails_to(addr("ivy"))) == 1, what="the welcome email")
     await svc.erase("ivy", T)
     await svc.settled()
-    for table in ("runs", "messages", "profiles", "purchases", "identities"):
-        left = await svc.value(
-            f"SELECT count(*) FROM {table} WHERE {'alias_id' if table == 'identities' else 'customer_id'} = 'ivy'"
-        )
+    for table, column in [
+        ("runs", "customer_id"),
+        ("messages", "customer_id"),
+        ("profiles", "customer_id"),
+        ("purchases", "customer_id"),
+        ("identities", "alias_id"),
+        ("last_sequences", "subject"),
+    ]:
+        left = await svc.value(f"SELECT count(*) FROM {table} WHERE {column} IN ('ivy', 'anon-ivy')")
         assert left == 0, table
+    assert await svc.value("SELECT count(*) FROM timers") == 0
     assert (await svc.counts("welcome"))["sent"] == 1
 
 

@@ -17,7 +17,7 @@ import httpx
 import orjson
 
 from campaigns.channels import PermanentFailure, TransientFailure
-from campaigns.signing import signing_key
+from clm_shared.secrets import read_or_create_secret
 from clm_shared.settings import Settings
 
 SIGNATURE_HEADER = "X-CLM-Signature"
@@ -25,11 +25,17 @@ TIMESTAMP_HEADER = "X-CLM-Timestamp"
 DELIVERY_HEADER = "X-CLM-Delivery-Id"
 
 
+WEBHOOK_SECRET_FILE = "webhook-secret"
+
+
 def webhook_key(settings: Settings) -> bytes:
-    """``CLM_WEBHOOK_SECRET``, else the campaigns signing key."""
+    """``CLM_WEBHOOK_SECRET``, else one generated into ``<data dir>/webhook-secret``.
+
+    Never the campaigns signing key: a receiver holding that could forge unsubscribe links.
+    """
     if settings.webhook_secret is not None:
         return settings.webhook_secret.get_secret_value().encode()
-    return signing_key(settings)
+    return read_or_create_secret(settings.data_dir / WEBHOOK_SECRET_FILE).encode()
 
 
 def sign(key: bytes, timestamp: int | str, body: bytes) -> str:
