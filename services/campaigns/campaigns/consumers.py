@@ -112,6 +112,7 @@ async def apply_touchpoints(db: Db, batch: Sequence[Touchpoint], decisions: Deci
         return tp.user_id or aliases.get(tp.customer_key) or tp.customer_key
 
     customers = sorted({customer_of(tp) for tp in batch})
+    await store.lock_customers(db, customers)
     profiles = await store.profiles(db, customers)
     changed: dict[str, Profile] = {}
     for tp in batch:
@@ -205,6 +206,9 @@ def _event_time(envelope: Envelope) -> datetime:
 
 
 async def apply_lifecycle(db: Db, batch: Sequence[Envelope], decisions: Decisions) -> None:
+    await store.lock_customers(
+        db, [*(e.subject for e in batch), *(str(e.data.get("merged_id")) for e in batch if e.data.get("merged_id"))]
+    )
     erased = [e.subject for e in batch if e.type == EventType.CUSTOMER_ERASED]
     merges = {
         str(e.data["merged_id"]): e.subject

@@ -114,6 +114,8 @@ class TimerRound:
                 },
             )
             due = [run for run in runs if run.status == "waiting" and run.due_at is not None and run.due_at <= now]
+            free = await store.try_lock_customers(db, [run.customer_id for run in due])
+            due = [run for run in due if run.customer_id in free]  # a busy customer's runs come next round
             if not due:
                 return len(claimed) == self.batch
             customers = sorted({run.customer_id for run in due})
@@ -149,7 +151,7 @@ class DeliveryRound:
             rows = await db.fetch(
                 """
                 SELECT m.message_id, m.run_id, m.campaign_id, m.version, m.customer_id, m.step, m.variant,
-                    m.attempts, m.due_at, r.trigger
+                    m.attempts, m.due_at, r.trigger, r.status AS run_status
                 FROM messages m JOIN campaigns c USING (campaign_id) LEFT JOIN runs r USING (run_id)
                 WHERE m.status = 'pending' AND m.due_at <= $1 AND c.status <> 'paused'
                 ORDER BY m.due_at LIMIT $2 FOR UPDATE OF m SKIP LOCKED
@@ -159,6 +161,11 @@ class DeliveryRound:
             )
             if not rows:
                 return False
+            claimed = len(rows)
+            free = await store.try_lock_customers(db, [r["customer_id"] for r in rows])
+            rows = [r for r in rows if r["customer_id"] in free]  # a busy customer's messages: next round
+            if not rows:
+                return claimed == self.batch
             definitions = await versions(db, {(r["campaign_id"], r["version"]) for r in rows})
             customers = sorted({r["customer_id"] for r in rows})
             profiles = await store.profiles(db, customers)
@@ -172,7 +179,8 @@ class DeliveryRound:
             # every job finishes before the transaction ends (a job left running would use the connection
             # after it went back to the pool); then the first error, if any, rolls the round back
             results = await asyncio.gather(
-                *(self._one(row, definitions, profiles, suppressed, shared) for row in rows), return_exceptions=True
+                *(self._one(row, definitions, profiles, suppressed, shared, now) for row in rows),
+                return_exceptions=True,
             )
             for result in results:
                 if isinstance(result, BaseException):
@@ -181,7 +189,7 @@ class DeliveryRound:
             await self._record(db, rows, outcomes, now)
         if any(outcome[0] in ("sent", "failed") for outcome in outcomes) and self.on_sent is not None:
             self.on_sent()
-        return len(rows) == self.batch
+        return claimed == self.batch
 
     async def _one(
         self,
@@ -190,14 +198,30 @@ class DeliveryRound:
         profiles: dict[str, Profile],
         suppressed: dict[str, str],
         db: Db,
-    ) -> tuple[str, str | None]:
-        """(``sent`` | ``retry`` | ``failed`` | ``held``, reason or error)."""
+        now: datetime,
+    ) -> tuple[str, Any]:
+        """(``sent`` | ``retry`` | ``failed`` | ``held`` | ``later``, the reason, error or new due time).
+
+        The guardrails that depend on the moment are checked again at send time: a run that ended
+        meanwhile (the order came), a customer who unsubscribed, a send that waited (a paused
+        campaign, an outage) past the trigger age, or a retry that fell into quiet hours.
+        """
         campaign = definitions[(row["campaign_id"], row["version"])]
         step = campaign.steps[row["step"]]
         assert isinstance(step, SendStep)
         profile = profiles[row["customer_id"]]
+        guardrails = self.decisions.guardrails
+        if row["run_status"] == "exited":
+            return "held", "exited"
         if row["customer_id"] in suppressed and not campaign.transactional:
             return "held", "suppressed"
+        if row["attempts"] == 0 and now - row["due_at"] > guardrails.max_trigger_age:
+            return "held", "stale"
+        quiet = guardrails.quiet_hours
+        if campaign.quiet_hours and quiet is not None and not campaign.transactional:
+            release = quiet.release(now, profile.timezone)
+            if release != now:
+                return "later", release
         if step.channel == "email" and not profile.email:
             # the address may still be on its way (identify applied after the stage change): try again later
             return ("held" if row["attempts"] + 1 >= self.attempts else "retry"), "no_address"
@@ -226,7 +250,7 @@ class DeliveryRound:
                 return ("failed" if row["attempts"] + 1 >= self.attempts else "retry"), type(exc).__name__
         return "sent", None
 
-    async def _record(self, db: Db, rows: list[Any], outcomes: list[tuple[str, str | None]], now: datetime) -> None:
+    async def _record(self, db: Db, rows: list[Any], outcomes: list[tuple[str, Any]], now: datetime) -> None:
         counts: Counter[tuple[str, str]] = Counter()
         events: list[tuple[Any, str, str | None]] = []
         for row, (outcome, detail) in zip(rows, outcomes, strict=True):
@@ -243,6 +267,12 @@ class DeliveryRound:
                 )
                 counts[(row["campaign_id"], "sent")] += 1
                 events.append((row, "sent", None))
+            elif outcome == "later":
+                await db.execute(
+                    "UPDATE messages SET due_at = $2, reason = 'quiet_hours' WHERE message_id = $1",
+                    row["message_id"],
+                    detail,
+                )
             elif outcome == "retry":
                 delay = self.retry_base * (2 ** (attempts - 1))
                 await db.execute(

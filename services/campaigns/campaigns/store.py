@@ -75,6 +75,37 @@ def _run(row: Any) -> Run:
     )
 
 
+# -- per-customer locks -----------------------------------------------------------------------------
+# Every transaction that decides for a customer (both consumers, the timer and delivery rounds) holds
+# that customer's advisory lock: the frequency cap and a run's state are read and written by one at a
+# time. Consumers wait for the locks in sorted order; the rounds only try them, so none waits on
+# another crosswise. The prefix keeps them apart from the stage engine's locks on the same ids.
+_LOCK_PREFIX = "clm.campaigns/"
+
+
+async def lock_customers(db: Db, customer_ids: Iterable[str]) -> None:
+    ordered = sorted(set(customer_ids))
+    if ordered:
+        await db.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($2 || c, 0)) FROM unnest($1::text[]) AS c",
+            ordered,
+            _LOCK_PREFIX,
+        )
+
+
+async def try_lock_customers(db: Db, customer_ids: Iterable[str]) -> set[str]:
+    """The customers whose lock this transaction holds now; the others are busy (next round)."""
+    ordered = sorted(set(customer_ids))
+    if not ordered:
+        return set()
+    rows = await db.fetch(
+        "SELECT c FROM unnest($1::text[]) AS c WHERE pg_try_advisory_xact_lock(hashtextextended($2 || c, 0))",
+        ordered,
+        _LOCK_PREFIX,
+    )
+    return {row[0] for row in rows}
+
+
 # -- loading --------------------------------------------------------------------------------------
 async def live_campaigns(db: Db) -> dict[str, LiveCampaign]:
     return {r.campaign.id: LiveCampaign(r.campaign, r.version, r.status) for r in await list_all(db)}
@@ -102,7 +133,7 @@ async def profiles(db: Db, customer_ids: Iterable[str]) -> dict[str, Profile]:
 
 async def save_traits(db: Db, changed: Iterable[Profile], now: datetime) -> None:
     """Address, timezone and traits (the touchpoint consumer's part of a profile)."""
-    rows = list(changed)
+    rows = sorted(changed, key=lambda p: p.customer_id)
     if rows:
         await db.execute(
             """
@@ -121,7 +152,7 @@ async def save_traits(db: Db, changed: Iterable[Profile], now: datetime) -> None
 
 async def save_stages(db: Db, changed: Iterable[Profile], now: datetime) -> None:
     """Stage and health (the lifecycle consumer's part): the two consumers never overwrite each other."""
-    rows = list(changed)
+    rows = sorted(changed, key=lambda p: p.customer_id)
     if rows:
         await db.execute(
             """
@@ -295,7 +326,7 @@ async def next_sequences(db: Db, customer_ids: Sequence[str]) -> list[int]:
     """The next per-customer sequence number for each event, in order (several per customer allowed)."""
     if not customer_ids:
         return []
-    wanted = Counter(customer_ids)
+    wanted = Counter(sorted(customer_ids))  # rows locked in one order by every writer
     rows = await db.fetch(
         "INSERT INTO profiles (customer_id, event_sequence) SELECT * FROM unnest($1::text[], $2::bigint[])"
         " ON CONFLICT (customer_id) DO UPDATE SET event_sequence = profiles.event_sequence + excluded.event_sequence"
@@ -312,7 +343,7 @@ async def next_sequences(db: Db, customer_ids: Sequence[str]) -> list[int]:
 
 
 async def add_counts(db: Db, counts: Counter[tuple[str, str]]) -> None:
-    items = [(key, n) for key, n in counts.items() if n]
+    items = sorted((key, n) for key, n in counts.items() if n)  # one row order for every writer: no deadlock
     if items:
         await db.execute(
             "INSERT INTO campaign_counts (campaign_id, counter, count)"
