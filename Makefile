@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python -m bench.ingest.run
 	$(BIN)/python -m bench.stage_engine.run
 	$(BIN)/python -m bench.metrics.run
+	$(BIN)/python -m bench.campaigns.run
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
