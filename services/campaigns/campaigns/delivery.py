@@ -151,7 +151,7 @@ class DeliveryRound:
             rows = await db.fetch(
                 """
                 SELECT m.message_id, m.run_id, m.campaign_id, m.version, m.customer_id, m.step, m.variant,
-                    m.attempts, m.due_at, r.trigger, r.status AS run_status
+                    m.attempts, m.due_at, m.reason, m.last_error, r.trigger, r.status AS run_status
                 FROM messages m JOIN campaigns c USING (campaign_id) LEFT JOIN runs r USING (run_id)
                 WHERE m.status = 'pending' AND m.due_at <= $1 AND c.status <> 'paused'
                 ORDER BY m.due_at LIMIT $2 FOR UPDATE OF m SKIP LOCKED
@@ -251,53 +251,43 @@ class DeliveryRound:
         return "sent", None
 
     async def _record(self, db: Db, rows: list[Any], outcomes: list[tuple[str, Any]], now: datetime) -> None:
+        """Every message's new state in one statement, the counters, and the events through the outbox."""
         counts: Counter[tuple[str, str]] = Counter()
         events: list[tuple[Any, str, str | None]] = []
+        updates: list[tuple[int, str, datetime, int, str | None, str | None, datetime | None]] = []
         for row, (outcome, detail) in zip(rows, outcomes, strict=True):
             SENDS.labels(outcome).inc()
-            attempts = row["attempts"] + (0 if outcome == "held" else 1)
+            attempts = row["attempts"] + (0 if outcome in ("held", "later") else 1)
+            status, due, reason, error, sent_at = "pending", row["due_at"], row["reason"], row["last_error"], None
             if outcome == "sent":
                 SEND_DELAY.observe(max(0.0, (now - row["due_at"]).total_seconds()))
-                await db.execute(
-                    "UPDATE messages SET status = 'sent', sent_at = $2, attempts = $3, last_error = NULL"
-                    " WHERE message_id = $1",
-                    row["message_id"],
-                    now,
-                    attempts,
-                )
+                status, error, sent_at = "sent", None, now
                 counts[(row["campaign_id"], "sent")] += 1
                 events.append((row, "sent", None))
             elif outcome == "later":
-                await db.execute(
-                    "UPDATE messages SET due_at = $2, reason = 'quiet_hours' WHERE message_id = $1",
-                    row["message_id"],
-                    detail,
-                )
+                due, reason = detail, "quiet_hours"
             elif outcome == "retry":
-                delay = self.retry_base * (2 ** (attempts - 1))
-                await db.execute(
-                    "UPDATE messages SET due_at = $2, attempts = $3, last_error = $4 WHERE message_id = $1",
-                    row["message_id"],
-                    now + delay,
-                    attempts,
-                    detail,
-                )
+                due, error = now + self.retry_base * (2 ** (attempts - 1)), detail
                 log.info("send will be retried", message_id=row["message_id"], attempts=attempts, error=detail)
             elif outcome == "failed":
-                await db.execute(
-                    "UPDATE messages SET status = 'failed', attempts = $2, last_error = $3 WHERE message_id = $1",
-                    row["message_id"],
-                    attempts,
-                    detail,
-                )
+                status, error = "failed", detail
                 counts[(row["campaign_id"], "failed")] += 1
                 events.append((row, "failed", detail))
                 log.warning("send failed", message_id=row["message_id"], attempts=attempts, error=detail)
             else:
-                await db.execute(
-                    "UPDATE messages SET status = 'held', reason = $2 WHERE message_id = $1", row["message_id"], detail
-                )
+                status, reason = "held", detail
                 counts[(row["campaign_id"], f"held:{detail}")] += 1
+            updates.append((row["message_id"], status, due, attempts, reason, error, sent_at))
+        await db.execute(
+            """
+            UPDATE messages SET status = u.status, due_at = u.due_at, attempts = u.attempts, reason = u.reason,
+                last_error = u.last_error, sent_at = u.sent_at
+            FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::int[], $5::text[], $6::text[],
+                $7::timestamptz[]) AS u(message_id, status, due_at, attempts, reason, last_error, sent_at)
+            WHERE messages.message_id = u.message_id
+            """,
+            *(list(column) for column in zip(*updates, strict=True)),
+        )
         await store.add_counts(db, counts)
         await self._publish(db, events, now)
 
