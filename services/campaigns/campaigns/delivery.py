@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -327,6 +327,3 @@ class DeliveryRound:
                 )
             )
         await store.OUTBOX.add(db, records)
-
-
-Round = Callable[[], Awaitable[bool]]

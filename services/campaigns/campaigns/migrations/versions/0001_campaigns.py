@@ -117,7 +117,6 @@ def upgrade() -> None:
         sa.Column("step_since", sa.DateTime(timezone=True), nullable=False),
         sa.Column("due_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("waiting_for", sa.Text(), nullable=True),
-        sa.Column("last_sent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("converted_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("run_id"),
         sa.UniqueConstraint("campaign_id", "customer_id", "trigger_id", name="uq_runs_trigger"),
