@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from clm_cli.infra.process import free_port
 from clm_shared.cloudevents import decode
 from clm_shared.kafka.admin import ensure_topics
@@ -19,9 +21,9 @@ from clm_shared.kafka.producer import OutgoingRecord, Publisher
 from clm_shared.schemas.touchpoint import Touchpoint
 from clm_shared.serde import JsonSerializer
 from clm_shared.topics import Topics
-from stage_engine.lifecycle import CustomerState
 from stage_engine.memory import InMemoryEngine
 from stage_engine.rules import load_rules
+from stage_engine.stored_state import load_state
 from tests.conftest import TEST_PARTITIONS, drop_schemas, make_settings
 from tests.e2e.conftest import settings_env
 from tests.secret_watch import read_log, watch_output
@@ -99,7 +101,7 @@ async def test_a_killed_engine_restarts_to_exactly_the_undisturbed_result(
         reference = InMemoryEngine(load_rules())
         reference.process(events)
         state = await snapshot(settings)
-        assert {cid: CustomerState.model_validate(s) for cid, s in state["customers"].items()} == reference.customers
+        assert {cid: load_state(orjson.dumps(s)) for cid, s in state["customers"].items()} == reference.customers
         assert [(h[0], h[1], h[2]) for h in state["history"]] == sorted(
             (x.customer_id, x.sequence, x.event_id) for x in reference.published
         )

@@ -8,8 +8,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from clm_shared.runtime import ConsumerRuntime, runtime_hooks
-from clm_shared.schemas.touchpoint import Touchpoint
-from clm_shared.serde import JsonDeserializer
+from clm_shared.schemas.touchpoint import TouchpointRecord
+from clm_shared.serde import StructDeserializer
 from clm_shared.service import ServiceContext, create_service_app
 from clm_shared.settings import Settings, get_settings
 from clm_shared.transactions import transaction
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         app.state.consumer = runtime.consume(
             group=GROUP_ID,
             topics=[ctx.topics.touchpoints],
-            deserializer=JsonDeserializer(Touchpoint),
+            deserializer=StructDeserializer(TouchpointRecord, "Touchpoint"),
             handler=engine.handle,
             dlq_topic=ctx.topics.touchpoints_dlq,
             max_batch=settings.stage_engine_batch_size,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from clm_shared.schemas.touchpoint import Touchpoint
+from clm_shared.schemas.touchpoint import AnyTouchpoint
 from stage_engine.lifecycle import Change, CustomerState, Outcome, apply_touchpoint, merge, new_customer, tick
 from stage_engine.rules import Rules
 
@@ -64,7 +64,7 @@ def event_id(customer_id: str, sequence: int, origin: str = "") -> str:
     return str(uuid.uuid5(_EVENT_IDS, f"{customer_id}/{origin}/{sequence}"))
 
 
-def ids_needed(touchpoints: Iterable[Touchpoint]) -> set[str]:
+def ids_needed(touchpoints: Iterable[AnyTouchpoint]) -> set[str]:
     """Every customer id the batch mentions, to load identities and customers for."""
     ids: set[str] = set()
     for tp in touchpoints:
@@ -72,7 +72,7 @@ def ids_needed(touchpoints: Iterable[Touchpoint]) -> set[str]:
     return ids
 
 
-def apply_batch(touchpoints: Sequence[Touchpoint], state: BatchState, rules: Rules) -> None:
+def apply_batch(touchpoints: Sequence[AnyTouchpoint], state: BatchState, rules: Rules) -> None:
     for tp in touchpoints:
         if tp.message_id in state.processed:
             continue  # the same messageId applied twice changes nothing the second time
@@ -100,7 +100,7 @@ def apply_clock(customer_ids: Iterable[str], now: datetime, state: BatchState, r
             _record(state, tick(customer, now, rules))
 
 
-def _merge_source(tp: Touchpoint) -> str | None:
+def _merge_source(tp: AnyTouchpoint) -> str | None:
     """alias (previousId -> userId) and identify with both ids merge the anonymous profile."""
     if tp.type == "alias":
         return tp.previous_id
@@ -119,7 +119,7 @@ def _link(state: BatchState, alias: str, canonical: str) -> None:
         state.new_identities[alias] = canonical
 
 
-def _merge(state: BatchState, *, into: str, source_id: str, tp: Touchpoint, rules: Rules) -> None:
+def _merge(state: BatchState, *, into: str, source_id: str, tp: AnyTouchpoint, rules: Rules) -> None:
     source = state.customers.get(source_id)
     if source is None:
         return  # nothing was recorded under that id: linking it is enough

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clm_shared.kafka.consumer import Consumed
 from clm_shared.kafka.producer import RecordPublisher
 from clm_shared.outbox import OutboxRelay, wait_any
-from clm_shared.schemas.touchpoint import Touchpoint
+from clm_shared.schemas.touchpoint import Touchpoint, TouchpointRecord
 from clm_shared.transactions import transaction
 from stage_engine.batch import BatchState, apply_batch, apply_clock, ids_needed
 from stage_engine.repository import DEDUP, OUTBOX, claim_due_timers, load_batch, load_customers, save_batch
@@ -47,8 +47,11 @@ class StageEngine:
     def __post_init__(self) -> None:
         self.relay = OutboxRelay(self.engine, self.publisher, OUTBOX, batch=self.relay_batch, ready=self.outbox_ready)
 
-    async def handle(self, batch: Sequence[Consumed[Touchpoint]]) -> None:
-        """One transaction per batch; the consumer loop commits offsets only after it returns."""
+    async def handle(self, batch: Sequence[Consumed[TouchpointRecord]] | Sequence[Consumed[Touchpoint]]) -> None:
+        """One transaction per batch; the consumer loop commits offsets only after it returns.
+
+        The consumer decodes ``TouchpointRecord``s; callers that hold pydantic ``Touchpoint``s may pass those.
+        """
         touchpoints = [item.value for item in batch]
         now = self.clock()
         with BATCH_SECONDS.time():

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from clm_shared.schemas.touchpoint import Touchpoint
+from clm_shared.schemas.touchpoint import AnyTouchpoint
 from stage_engine.batch import BatchState, Emitted, apply_batch, apply_clock
 from stage_engine.lifecycle import CustomerState, next_timer
 from stage_engine.rules import Rules
@@ -20,7 +20,7 @@ class InMemoryEngine:
     processed: set[str] = field(default_factory=set)
     published: list[Emitted] = field(default_factory=list)
 
-    def process(self, touchpoints: Sequence[Touchpoint]) -> list[Emitted]:
+    def process(self, touchpoints: Sequence[AnyTouchpoint]) -> list[Emitted]:
         state = BatchState(self.customers, self.identities, self.processed)
         apply_batch(touchpoints, state, self.rules)
         self.published.extend(state.emitted)

@@ -23,8 +23,8 @@ from clm_shared.kafka.consumer import Consumed
 from clm_shared.kafka.producer import Publisher
 from clm_shared.kafka.replay import CommittedBacklog, GroupRunning, refuse_while_group_runs
 from clm_shared.migrations import apply_migrations
-from clm_shared.schemas.touchpoint import Touchpoint
-from clm_shared.serde import DecodeError, JsonDeserializer
+from clm_shared.schemas.touchpoint import TouchpointRecord
+from clm_shared.serde import DecodeError, StructDeserializer
 from clm_shared.settings import Settings
 from clm_shared.topics import Topics
 from clm_shared.transactions import transaction
@@ -57,7 +57,7 @@ async def rebuild(settings: Settings, *, clock: Clock, progress: Progress = lamb
         client_id="clm-stage-engine-rebuild",
         batch=settings.stage_engine_batch_size,
     )
-    deserialize = JsonDeserializer(Touchpoint)
+    deserialize = StructDeserializer(TouchpointRecord, "Touchpoint")
     engine = StageEngine(
         db,
         load_rules(settings.rules_file),
@@ -82,7 +82,7 @@ async def rebuild(settings: Settings, *, clock: Clock, progress: Progress = lamb
             erased = {row[0]: row[1] for row in await conn.execute(text("SELECT id_hash, erased_at FROM erased_ids"))}
             await conn.execute(text(f"TRUNCATE {', '.join(ENGINE_TABLES)} RESTART IDENTITY"))
         async for records in backlog.batches():
-            batch: list[Consumed[Touchpoint]] = []
+            batch: list[Consumed[TouchpointRecord]] = []
             for record in records:
                 seen += 1
                 try:
@@ -121,7 +121,7 @@ async def refuse_while_engines_run(settings: Settings) -> None:
         raise RebuildRefused(str(exc)) from None
 
 
-def was_erased(tp: Touchpoint, erased: dict[str, datetime], key: bytes) -> bool:
+def was_erased(tp: TouchpointRecord, erased: dict[str, datetime], key: bytes) -> bool:
     """A touchpoint of a customer erased after it was received."""
     for any_id in (tp.user_id, tp.anonymous_id, tp.previous_id, tp.customer_key):
         erased_at = erased.get(erased_id_hash(any_id, key)) if any_id else None

@@ -19,7 +19,7 @@ from stage_engine.batch import BatchState
 from stage_engine.events import to_history_row, to_record
 from stage_engine.lifecycle import CustomerState, next_timer
 from stage_engine.rules import Rules
-from stage_engine.stored_state import load_state
+from stage_engine.stored_state import dump_state, load_state
 
 HISTORY_COLUMNS = (
     "customer_id",
@@ -95,7 +95,7 @@ async def save_batch(db: Db, state: BatchState, rules: Rules, topic: str, now: d
             [c.customer_id for c in touched],
             [c.stage.value if c.stage else None for c in touched],
             [c.health.value for c in touched],
-            [c.model_dump_json() for c in touched],
+            [dump_state(c).decode() for c in touched],
         )
     if state.removed:
         removed = list(state.removed)

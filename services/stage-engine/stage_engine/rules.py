@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from clm_shared.categories import Category
 from clm_shared.schemas.lifecycle import STAGE_ORDER, Stage
-from clm_shared.schemas.touchpoint import Touchpoint
+from clm_shared.schemas.touchpoint import AnyTouchpoint
 
 DEFAULT_RULES_FILE = Path(__file__).parent / "default_rules.yaml"
 
@@ -42,7 +42,7 @@ class Signal(_Strict):
             raise ValueError("`property` and `at_least` go together")
         return self
 
-    def matches(self, tp: Touchpoint) -> bool:
+    def matches(self, tp: AnyTouchpoint) -> bool:
         if self.category is not None and tp.category != self.category:
             return False
         if self.events and (tp.type != "track" or tp.event not in self.events):
@@ -156,7 +156,7 @@ class Rules(_Strict):
         windowed = {stage: self._windowed_above(stage) for stage in (None, *STAGE_ORDER)}
         _INDEXES[id(self)] = _RuleIndex(by_event, by_category, windowed)
 
-    def matching_signals(self, tp: Touchpoint) -> list[str]:
+    def matching_signals(self, tp: AnyTouchpoint) -> list[str]:
         """Names of the signals a touchpoint matches, in the order the rules file lists them."""
         index = _INDEXES[id(self)]
         candidates = [*index.by_event.get(tp.event or "", ()), *index.by_category.get(tp.category, ())]

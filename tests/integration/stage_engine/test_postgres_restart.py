@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 from datetime import timedelta
 
+import orjson
 import pytest
 
 from clm_cli.infra.postgres import PostgresServer
@@ -15,9 +16,9 @@ from clm_shared.serde import JsonSerializer
 from clm_shared.settings import Settings
 from clm_shared.topics import Topics
 from stage_engine.app import create_app
-from stage_engine.lifecycle import CustomerState
 from stage_engine.memory import InMemoryEngine
 from stage_engine.rules import load_rules
+from stage_engine.stored_state import load_state
 from tests.conftest import drop_schemas
 from tests.integration.stage_engine.test_stage_engine import T0
 from tests.utils.clock import FakeClock
@@ -82,7 +83,7 @@ async def test_a_postgres_restart_under_the_engine_loses_nothing_and_dead_letter
         reference = InMemoryEngine(load_rules())
         reference.process(sent)
         state = await snapshot(local)
-        assert {cid: CustomerState.model_validate(s) for cid, s in state["customers"].items()} == reference.customers
+        assert {cid: load_state(orjson.dumps(s)) for cid, s in state["customers"].items()} == reference.customers
         assert state["processed"] == len(sent)
         assert await topic_size(settings.kafka_bootstrap, topics.touchpoints_dlq) == 0
     finally:

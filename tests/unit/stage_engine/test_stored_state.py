@@ -8,14 +8,14 @@ import pytest
 
 from clm_shared.schemas.lifecycle import Stage
 from stage_engine.lifecycle import STATE_VERSION, CustomerState
-from stage_engine.stored_state import UPGRADES, StoredStateError, load_state, upgrade
+from stage_engine.stored_state import UPGRADES, StoredStateError, dump_state, load_state, upgrade
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_a_state_round_trips_with_its_version() -> None:
     state = CustomerState(customer_id="c1", stage=Stage.CONVERSION, signal_counts={"orders": 2}, first_seen_at=T0)
-    stored = state.model_dump_json()
+    stored = dump_state(state)
     assert orjson.loads(stored)["version"] == STATE_VERSION
     assert load_state(stored) == state
 
