@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,12 +44,14 @@ def encode(
     customer_id: str,
     sequence: int,
     time: datetime,
-    data: BaseModel,
+    data: BaseModel | Mapping[str, Any],
 ) -> KafkaMessage:
     """A structured-mode message keyed by the customer id.
 
     Written with orjson rather than through the SDK's JSON format (a third of the engine's encoding
-    time); ``decode`` reads it back with the SDK, and the tests hold the two together.
+    time); ``decode`` reads it back with the SDK, and the tests hold the two together. ``data`` is a
+    model, or for hot paths the same fields as a plain mapping (enums and UTC times as orjson writes
+    them, which is as pydantic writes them: no model built and dumped per event).
     """
     value = orjson.dumps(
         {
@@ -61,8 +63,9 @@ def encode(
             "time": time.isoformat().replace("+00:00", "Z"),
             "datacontenttype": "application/json",
             SEQUENCE_ATTR: sequence,
-            "data": data.model_dump(mode="json"),
-        }
+            "data": data.model_dump(mode="json") if isinstance(data, BaseModel) else data,
+        },
+        option=orjson.OPT_UTC_Z,
     )
     return KafkaMessage(headers={"content-type": _FORMAT.CONTENT_TYPE.encode()}, key=customer_id.encode(), value=value)
 

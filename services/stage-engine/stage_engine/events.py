@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
-
-from pydantic import BaseModel
 
 from clm_shared.cloudevents import encode
 from clm_shared.kafka.producer import OutgoingRecord
-from clm_shared.schemas.lifecycle import CustomerErased, CustomerMerged, EventType, HealthChanged, StageChanged
+from clm_shared.schemas.lifecycle import LIFECYCLE_SCHEMA_VERSION, EventType
 from stage_engine.batch import Emitted, Merged
 from stage_engine.lifecycle import HealthMove, StageMove
 
@@ -16,40 +15,7 @@ SERVICE = "stage-engine"
 
 
 def to_record(item: Emitted, topic: str) -> OutgoingRecord:
-    change = item.change
-    data: BaseModel
-    if isinstance(change, StageMove):
-        kind, time = EventType.STAGE_CHANGED, change.event_time
-        data = StageChanged(
-            customer_id=item.customer_id,
-            from_stage=change.from_stage,
-            to_stage=change.to_stage,
-            skipped=list(change.skipped),
-            rule=change.rule,
-            message_id=change.message_id,
-            event_time=change.event_time,
-        )
-    elif isinstance(change, HealthMove):
-        kind, time = EventType.HEALTH_CHANGED, change.event_time
-        data = HealthChanged(
-            customer_id=item.customer_id,
-            from_health=change.from_health,
-            to_health=change.to_health,
-            rule=change.rule,
-            message_id=change.message_id,
-            event_time=change.event_time,
-        )
-    elif isinstance(change, Merged):
-        kind, time = EventType.CUSTOMER_MERGED, change.event_time
-        data = CustomerMerged(
-            customer_id=item.customer_id,
-            merged_id=change.merged_id,
-            message_id=change.message_id,
-            event_time=change.event_time,
-        )
-    else:
-        kind, time = EventType.CUSTOMER_ERASED, change.event_time
-        data = CustomerErased(customer_id=item.customer_id, erased_at=change.event_time)
+    kind, time, data = event_data(item)
     message = encode(
         event_id=item.event_id,
         event_type=kind,
@@ -60,6 +26,50 @@ def to_record(item: Emitted, topic: str) -> OutgoingRecord:
         data=data,
     )
     return OutgoingRecord(topic, message.value, key=item.customer_id.encode(), headers=tuple(message.headers.items()))
+
+
+def event_data(item: Emitted) -> tuple[EventType, datetime, dict[str, Any]]:
+    """The event's type, time and data: the fields of ``StageChanged`` and its siblings, as plain values.
+
+    Built directly rather than through the pydantic models (validated and dumped per event, most of the
+    encoding time); a test holds each kind equal to its model's ``model_dump(mode="json")``.
+    """
+    change = item.change
+    head = {"schema_version": LIFECYCLE_SCHEMA_VERSION, "customer_id": item.customer_id}
+    if isinstance(change, StageMove):
+        return (
+            EventType.STAGE_CHANGED,
+            change.event_time,
+            head
+            | {
+                "from_stage": change.from_stage,
+                "to_stage": change.to_stage,
+                "skipped": list(change.skipped),
+                "rule": change.rule,
+                "message_id": change.message_id,
+                "event_time": change.event_time,
+            },
+        )
+    if isinstance(change, HealthMove):
+        return (
+            EventType.HEALTH_CHANGED,
+            change.event_time,
+            head
+            | {
+                "from_health": change.from_health,
+                "to_health": change.to_health,
+                "rule": change.rule,
+                "message_id": change.message_id,
+                "event_time": change.event_time,
+            },
+        )
+    if isinstance(change, Merged):
+        return (
+            EventType.CUSTOMER_MERGED,
+            change.event_time,
+            head | {"merged_id": change.merged_id, "message_id": change.message_id, "event_time": change.event_time},
+        )
+    return EventType.CUSTOMER_ERASED, change.event_time, head | {"erased_at": change.event_time}
 
 
 def to_history_row(item: Emitted) -> dict[str, Any]:
