@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,13 +44,13 @@ def encode(
     customer_id: str,
     sequence: int,
     time: datetime,
-    data: BaseModel | Mapping[str, Any],
+    data: BaseModel | dict[str, Any],
 ) -> KafkaMessage:
     """A structured-mode message keyed by the customer id.
 
     Written with orjson rather than through the SDK's JSON format (a third of the engine's encoding
     time); ``decode`` reads it back with the SDK, and the tests hold the two together. ``data`` is a
-    model, or for hot paths the same fields as a plain mapping (enums and UTC times as orjson writes
+    model, or for hot paths the same fields as a plain dict (enums and UTC times as orjson writes
     them, which is as pydantic writes them: no model built and dumped per event).
     """
     value = orjson.dumps(
@@ -63,7 +63,8 @@ def encode(
             "time": time.isoformat().replace("+00:00", "Z"),
             "datacontenttype": "application/json",
             SEQUENCE_ATTR: sequence,
-            "data": data.model_dump(mode="json") if isinstance(data, BaseModel) else data,
+            # dict first: isinstance against a pydantic model class goes through ABCMeta, slow per event.
+            "data": data if isinstance(data, dict) else data.model_dump(mode="json"),
         },
         option=orjson.OPT_UTC_Z,
     )

@@ -14,9 +14,8 @@ from clm_shared.schemas.lifecycle import Health, Stage
 from clm_shared.transactions import transaction
 from stage_engine.batch import Emitted, Erased, event_id
 from stage_engine.erasure import erased_id_hash
-from stage_engine.events import to_record
+from stage_engine.events import HISTORY_COLUMNS, to_record
 from stage_engine.repository import (
-    HISTORY_COLUMNS,
     OUTBOX,
     TIMERS,
     load_customers,

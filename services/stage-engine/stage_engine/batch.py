@@ -7,6 +7,7 @@ tests calls the same function on plain dicts.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from stage_engine.lifecycle import Change, CustomerState, Outcome, apply_touchpo
 from stage_engine.rules import Rules
 
 _EVENT_IDS = uuid.UUID("6f1c1a52-3f5e-4d36-9d0f-0c6b1d7f7a11")
+_EVENT_ID_PREFIX = _EVENT_IDS.bytes
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,12 @@ def event_id(customer_id: str, sequence: int, origin: str = "") -> str:
     ``origin`` (the message that created the profile) keeps a profile re-created after an erasure
     from repeating the erased one's ids.
     """
-    return str(uuid.uuid5(_EVENT_IDS, f"{customer_id}/{origin}/{sequence}"))
+    # uuid.uuid5, written out: the same id at a third of the cost (a test holds the two together).
+    digest = bytearray(hashlib.sha1(_EVENT_ID_PREFIX + f"{customer_id}/{origin}/{sequence}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def ids_needed(touchpoints: Iterable[AnyTouchpoint]) -> set[str]:

@@ -7,6 +7,7 @@ what is the engine's own is what a batch and a due timer do to customers.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -106,7 +107,7 @@ class StageEngine:
                 await wait_any(stop, None, interval_s)
 
     def _count(self, state: BatchState) -> None:
-        for item in state.emitted:
-            CHANGES.labels(type(item.change).__name__).inc()
+        for kind, count in collections.Counter(type(item.change).__name__ for item in state.emitted).items():
+            CHANGES.labels(kind).inc(count)
         if state.emitted:
             self.outbox_ready.set()

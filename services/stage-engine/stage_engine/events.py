@@ -72,26 +72,43 @@ def event_data(item: Emitted) -> tuple[EventType, datetime, dict[str, Any]]:
     return EventType.CUSTOMER_ERASED, change.event_time, head | {"erased_at": change.event_time}
 
 
-def to_history_row(item: Emitted) -> dict[str, Any]:
+def to_history_record(item: Emitted) -> tuple[Any, ...]:
+    """A history row as a tuple in ``HISTORY_COLUMNS`` order, enums as their text (for COPY)."""
     change = item.change
-    row: dict[str, Any] = {
-        "customer_id": item.customer_id,
-        "sequence": item.sequence,
-        "event_id": item.event_id,
-        "event_time": change.event_time,
-        "message_id": change.message_id,
-        "skipped": [],
-    }
+    skipped: list[str] = []
     if isinstance(change, StageMove):
-        row |= {
-            "kind": "stage",
-            "from_value": change.from_stage,
-            "to_value": change.to_stage,
-            "skipped": [str(s) for s in change.skipped],
-            "rule": change.rule,
-        }
+        kind, to_value, rule = "stage", change.to_stage.value, change.rule
+        from_value = change.from_stage.value if change.from_stage is not None else None
+        skipped = [s.value for s in change.skipped]
     elif isinstance(change, HealthMove):
-        row |= {"kind": "health", "from_value": change.from_health, "to_value": change.to_health, "rule": change.rule}
+        kind, from_value, to_value, rule = "health", change.from_health.value, change.to_health.value, change.rule
     elif isinstance(change, Merged):
-        row |= {"kind": "merge", "from_value": change.merged_id, "to_value": item.customer_id, "rule": "merged"}
-    return row
+        kind, from_value, to_value, rule = "merge", change.merged_id, item.customer_id, "merged"
+    else:
+        raise ValueError("an erasure leaves no history row")
+    return (
+        item.customer_id,
+        item.sequence,
+        item.event_id,
+        kind,
+        from_value,
+        to_value,
+        skipped,
+        rule,
+        change.message_id,
+        change.event_time,
+    )
+
+
+HISTORY_COLUMNS = (
+    "customer_id",
+    "sequence",
+    "event_id",
+    "kind",
+    "from_value",
+    "to_value",
+    "skipped",
+    "rule",
+    "message_id",
+    "event_time",
+)

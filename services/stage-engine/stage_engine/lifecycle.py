@@ -195,14 +195,14 @@ def _record(state: CustomerState, tp: AnyTouchpoint, matched: list[str], rules: 
             bisect.insort(state.signal_times.setdefault(name, []), tp.timestamp)
 
 
-def _holds(condition: Condition, state: CustomerState) -> bool:
+def _holds(condition: Condition, window: timedelta | None, state: CustomerState) -> bool:
     if condition.revenue_of is not None:
         assert condition.at_least is not None
         return state.signal_revenue.get(condition.revenue_of, 0.0) >= condition.at_least
     assert condition.signal is not None
-    if condition.window is None:
+    if window is None:
         return state.signal_counts.get(condition.signal, 0) >= condition.count
-    return _count_within(state.signal_times.get(condition.signal, []), condition.count, condition.window)
+    return _count_within(state.signal_times.get(condition.signal, []), condition.count, window)
 
 
 def _count_within(times: list[datetime], count: int, window: timedelta) -> bool:
@@ -227,12 +227,10 @@ def _climb(state: CustomerState, rules: Rules, outcome: Outcome, message_id: str
 def _next_stage(state: CustomerState, rules: Rules) -> tuple[Stage, str] | None:
     """The highest stage the customer may move to from where they are, with the rule that allows it."""
     assert state.stage is not None
-    for rule in reversed(rules.stages):
-        if rule.stage.rank <= state.stage.rank or state.stage not in rule.from_:
-            continue
-        for condition in rule.when:
-            if _holds(condition, state):
-                return rule.stage, f"{rule.stage}.{condition.label}"
+    for climb in rules.climbs_from(state.stage):
+        for condition, name, window in climb.conditions:
+            if _holds(condition, window, state):
+                return climb.stage, name
     return None
 
 

@@ -9,31 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
 
 from clm_shared.dedup import Dedup
 from clm_shared.outbox import Outbox
 from clm_shared.timers import Timers
 from clm_shared.transactions import Db
 from stage_engine.batch import BatchState
-from stage_engine.events import to_history_row, to_record
+from stage_engine.events import HISTORY_COLUMNS, to_history_record, to_record
 from stage_engine.lifecycle import CustomerState, next_timer
 from stage_engine.rules import Rules
 from stage_engine.stored_state import dump_state, load_state
-
-HISTORY_COLUMNS = (
-    "customer_id",
-    "sequence",
-    "event_id",
-    "kind",
-    "from_value",
-    "to_value",
-    "skipped",
-    "rule",
-    "message_id",
-    "event_time",
-)
-
 
 DEDUP = Dedup()
 OUTBOX = Outbox()
@@ -124,17 +109,11 @@ async def save_batch(db: Db, state: BatchState, rules: Rules, topic: str, now: d
     # and the batch is retried, and then finds it processed.
     await DEDUP.remember(db, state.new_processed, now)
     if state.emitted:
-        rows = [to_history_row(item) for item in state.emitted]
         await db.copy_records_to_table(
-            "history", records=[tuple(_text(row[c]) for c in HISTORY_COLUMNS) for row in rows], columns=HISTORY_COLUMNS
+            "history", records=[to_history_record(item) for item in state.emitted], columns=HISTORY_COLUMNS
         )
         await OUTBOX.add(db, [to_record(item, topic) for item in state.emitted])
     await save_timers(db, touched, rules)
-
-
-def _text(value: Any) -> Any:
-    """Enums as their text for COPY (it does not know our types)."""
-    return value.value if hasattr(value, "value") and not isinstance(value, datetime) else value
 
 
 async def save_timers(db: Db, touched: Sequence[CustomerState], rules: Rules) -> None:

@@ -111,6 +111,15 @@ class _RuleIndex:
     by_event: dict[str, list[str]]
     by_category: dict[Category, list[str]]
     windowed: dict[Stage | None, frozenset[str]]
+    climbs: dict[Stage, tuple[Climb, ...]]
+
+
+@dataclass(frozen=True)
+class Climb:
+    """A stage a customer may move to from a given stage, with its conditions: (condition, rule name, window)."""
+
+    stage: Stage
+    conditions: tuple[tuple[Condition, str, timedelta | None], ...]
 
 
 # Rules objects are immutable and few: their indexes live here, because pydantic's private
@@ -154,13 +163,25 @@ class Rules(_Strict):
             if not signal.events and signal.category is not None:
                 by_category.setdefault(signal.category, []).append(name)
         windowed = {stage: self._windowed_above(stage) for stage in (None, *STAGE_ORDER)}
-        _INDEXES[id(self)] = _RuleIndex(by_event, by_category, windowed)
+        climbs = {
+            current: tuple(
+                Climb(rule.stage, tuple((c, f"{rule.stage}.{c.label}", c.window) for c in rule.when))
+                for rule in reversed(self.stages)
+                if rule.stage.rank > current.rank and current in rule.from_
+            )
+            for current in STAGE_ORDER
+        }
+        _INDEXES[id(self)] = _RuleIndex(by_event, by_category, windowed, climbs)
 
     def matching_signals(self, tp: AnyTouchpoint) -> list[str]:
         """Names of the signals a touchpoint matches, in the order the rules file lists them."""
         index = _INDEXES[id(self)]
         candidates = [*index.by_event.get(tp.event or "", ()), *index.by_category.get(tp.category, ())]
         return [name for name in candidates if self.signals[name].matches(tp)]
+
+    def climbs_from(self, stage: Stage) -> tuple[Climb, ...]:
+        """The stages a customer at ``stage`` may move to, highest first, as the rules file orders their conditions."""
+        return _INDEXES[id(self)].climbs[stage]
 
     def windowed_signals(self, above: Stage | None) -> frozenset[str]:
         """Signals whose event times a rule of a stage above ``above`` still needs."""

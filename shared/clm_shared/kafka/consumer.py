@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -244,8 +245,9 @@ class ConsumerLoop(Generic[T]):
                 await self._publisher.publish(self._dead_letter_record(record, f"handler: {exc!r}", "handler"))
 
     def _count(self, items: Sequence[Consumed[T]]) -> None:
-        for item in items:
-            RECORDS_CONSUMED.labels(self.group_id, item.topic).inc()
+        # One increment per topic, not per record: labels() per record showed in the engine's profile.
+        for topic, count in collections.Counter(item.topic for item in items).items():
+            RECORDS_CONSUMED.labels(self.group_id, topic).inc(count)
 
     def _dead_letter_record(self, record: ConsumerRecord[bytes, bytes], error: str, reason: str) -> OutgoingRecord:
         log.warning(

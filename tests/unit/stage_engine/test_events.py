@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -16,8 +17,8 @@ from clm_shared.schemas.lifecycle import (
     Stage,
     StageChanged,
 )
-from stage_engine.batch import Emitted, Erased, Merged
-from stage_engine.events import SERVICE, event_data, to_record
+from stage_engine.batch import Emitted, Erased, Merged, event_id
+from stage_engine.events import HISTORY_COLUMNS, SERVICE, event_data, to_history_record, to_record
 from stage_engine.lifecycle import HealthMove, StageMove
 
 T = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -81,3 +82,27 @@ def test_an_event_is_what_its_pydantic_model_would_write(item: Emitted, model: B
     record = to_record(item, "topic")
     assert record.value == through_model.value
     assert type(model).model_validate(decode(record.value).data) == model
+
+
+@pytest.mark.parametrize(
+    ("customer", "origin", "sequence"), [("c1", "", 1), ("cust-42", "bench-42-0", 17), ("ü-ñ", "m", 3)]
+)
+def test_event_ids_are_the_uuid5_of_customer_origin_and_sequence(customer: str, origin: str, sequence: int) -> None:
+    expected = uuid.uuid5(uuid.UUID("6f1c1a52-3f5e-4d36-9d0f-0c6b1d7f7a11"), f"{customer}/{origin}/{sequence}")
+    assert event_id(customer, sequence, origin) == str(expected)
+
+
+def test_history_records_follow_the_columns() -> None:
+    record = to_history_record(CASES[1][0])
+    assert dict(zip(HISTORY_COLUMNS, record, strict=True)) == {
+        "customer_id": "c1",
+        "sequence": 2,
+        "event_id": "e2",
+        "kind": "stage",
+        "from_value": "discovery",
+        "to_value": "conversion",
+        "skipped": ["engagement"],
+        "rule": "r",
+        "message_id": "m2",
+        "event_time": PARIS,
+    }
