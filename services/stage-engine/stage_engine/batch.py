@@ -55,6 +55,14 @@ class BatchState:
     new_processed: list[str] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     emitted: list[Emitted] = field(default_factory=list)
+    # The states as loaded (never changed in place: every change works on a copy), so that the
+    # store writes only the customers whose state a batch changed.
+    loaded: dict[str, CustomerState] = field(default_factory=dict)
+
+    def changed(self) -> list[CustomerState]:
+        """The touched customers whose state differs from what was loaded, in id order."""
+        found = (self.customers.get(cid) for cid in sorted(self.touched))
+        return [c for c in found if c is not None and c != self.loaded.get(c.customer_id)]
 
 
 def event_id(customer_id: str, sequence: int, origin: str = "") -> str:

@@ -53,7 +53,7 @@ async def load_batch(db: Db, ids: set[str], message_ids: Sequence[str]) -> Batch
         if await resolve(db, ids) == mapping:
             break
     loaded = await load_customers(db, canonical)
-    return BatchState(loaded, mapping, await DEDUP.seen(db, message_ids))
+    return BatchState(loaded, mapping, await DEDUP.seen(db, message_ids), loaded=dict(loaded))
 
 
 async def load_customers(db: Db, ids: Iterable[str]) -> dict[str, CustomerState]:
@@ -67,7 +67,8 @@ async def load_customers(db: Db, ids: Iterable[str]) -> dict[str, CustomerState]
 
 async def save_batch(db: Db, state: BatchState, rules: Rules, topic: str, now: datetime) -> None:
     """Write the batch's effects in the caller's transaction: state, dedup, history, outbox and timers together."""
-    touched = [state.customers[cid] for cid in sorted(state.touched) if cid in state.customers]
+    # Only customers the batch changed: an unchanged state has an unchanged row and timer.
+    touched = state.changed()
     if touched:
         await db.execute(
             """
