@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from clm_cli.main import app
 from clm_shared.schemas.touchpoint import Touchpoint
+from clm_shared.settings import get_settings
 from stage_engine.preview import NOT_APPLICABLE, Counts, preview
 from stage_engine.rules import DEFAULT_RULES_FILE, Rules, RulesError, load_rules, parse_rules
 from tests.utils.factories import T0, touchpoint
@@ -130,7 +131,13 @@ def test_the_command_refuses_a_wrong_rules_file_with_exit_code_2_before_reading_
     raw["stages"][2]["when"][0]["count"] = 0
     # An unreachable broker: had the command tried to replay, it would fail differently.
     env = {"CLM_KAFKA_BOOTSTRAP": "127.0.0.1:9", "COLUMNS": "200"}
-    result = CliRunner().invoke(app, ["stage-engine", "preview", "--rules", str(write_rules(tmp_path, raw))], env=env)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            app, ["stage-engine", "preview", "--rules", str(write_rules(tmp_path, raw))], env=env
+        )
+    finally:
+        get_settings.cache_clear()  # later tests must not see this broker
 
     assert result.exit_code == 2, result.output
     assert "stages[2] (conversion).when[0] (first_paid_order).count" in result.output
