@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -15,15 +16,19 @@ from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Column, Table
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
+from clm_shared.db import create_engine, service_schema
 from clm_shared.kafka.admin import partitions_of
 from clm_shared.schemas.touchpoint import Touchpoint
 from clm_shared.serde import DecodeError, JsonDeserializer
 from clm_shared.settings import Settings, load_settings_or_exit
 from clm_shared.topics import Topics
 from stage_engine.app import system_clock
+from stage_engine.erasure import KEY_FILE, erasure_key
 from stage_engine.preview import Preview, PreviewReport
-from stage_engine.rebuild import RebuildRefused, rebuild
+from stage_engine.rebuild import RebuildRefused, rebuild, was_erased
 from stage_engine.rules import RulesError, load_rules
 
 stage_engine_app = typer.Typer(help="The stage engine.", no_args_is_help=True)
@@ -85,7 +90,7 @@ def preview_command(
     try:
         with _progress_bar() as bar:
             task = bar.add_task("replaying touchpoints", total=None)
-            undecodable = asyncio.run(
+            skipped = asyncio.run(
                 replay_into(
                     run,
                     settings,
@@ -96,27 +101,73 @@ def preview_command(
     except KafkaError as exc:
         console.print(f"[red]error:[/red] cannot read the touchpoints topic from {settings.kafka_bootstrap}: {exc}")
         raise typer.Exit(1) from None
-    show(run.report(system_clock()), undecodable=undecodable, since=since)
+    except (PreviewRefused, OSError, SQLAlchemyError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    show(run.report(system_clock()), skipped=skipped, since=since)
+
+
+@dataclass
+class Skipped:
+    undecodable: int = 0
+    erased: int = 0
 
 
 async def replay_into(
     run: Preview, settings: Settings, *, since: datetime | None, progress: Callable[[int, int], None]
-) -> int:
-    """Feed the touchpoints topic (from ``since``) to the preview; returns how many records were undecodable."""
+) -> Skipped:
+    """Feed the touchpoints topic (from ``since``) to the preview, skipping what a rebuild would skip."""
+    erased, key = await erased_ids(settings)
     deserialize = JsonDeserializer(Touchpoint)
-    undecodable = seen = 0
+    skipped = Skipped()
+    seen = 0
     backlog = TopicBacklog(settings.kafka_bootstrap, Topics(settings.topic_namespace).touchpoints, since=since)
     async for records in backlog.batches(settings.stage_engine_batch_size):
         batch = []
         for record in records:
             try:
-                batch.append(deserialize(record.value))
+                tp = deserialize(record.value)
             except DecodeError:
-                undecodable += 1  # the live engine dead-lettered it
+                skipped.undecodable += 1  # the live engine dead-lettered it
+                continue
+            if erased and was_erased(tp, erased, key):
+                skipped.erased += 1
+                continue
+            batch.append(tp)
         run.apply(batch)
         seen += len(records)
         progress(seen, backlog.total)
-    return undecodable
+    return skipped
+
+
+async def erased_ids(settings: Settings) -> tuple[dict[str, datetime], bytes]:
+    """The engine's erased ids (keyed hashes) and their key, read only: erased customers stay out of the preview.
+
+    No table (the engine never ran here) means nothing was erased. Rows left unkeyed by older
+    versions are re-keyed when the engine starts; until then they are not recognised here.
+    """
+    db = create_engine(settings.database_url, schema=service_schema(settings, "stage-engine"), pool_size=1)
+    try:
+        async with db.connect() as conn:
+            if await conn.scalar(text("SELECT to_regclass('erased_ids')")) is None:
+                return {}, b""
+            rows = (await conn.execute(text("SELECT id_hash, erased_at FROM erased_ids WHERE keyed"))).all()
+    finally:
+        await db.dispose()
+    if not rows:
+        return {}, b""
+    key_file = settings.data_dir / KEY_FILE
+    if settings.erasure_key is None and not key_file.exists():
+        # Generating a key here would write a file, and could not recognise the ids anyway.
+        raise PreviewRefused(
+            f"{len(rows)} customers were erased, but their keyed ids cannot be recognised without the erasure key:"
+            f" set CLM_ERASURE_KEY or run where {key_file} is"
+        )
+    return {row[0]: row[1] for row in rows}, erasure_key(settings)
+
+
+class PreviewRefused(RuntimeError):
+    pass
 
 
 class TopicBacklog:
@@ -168,12 +219,12 @@ class TopicBacklog:
         return {tp: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in partitions}
 
 
-def show(report: PreviewReport, *, undecodable: int = 0, since: datetime | None = None) -> None:
+def show(report: PreviewReport, *, skipped: Skipped, since: datetime | None = None) -> None:
     """The two tables and the examples, as the operator reads them before changing the rules file."""
     window = f" since {since:%Y-%m-%d %H:%M} UTC" if since else ""
     console.print(
-        f"{report.touchpoints} touchpoints{window} ({undecodable} undecodable skipped), {report.customers} customers;"
-        f" inactivity judged at {report.now:%Y-%m-%d %H:%M} UTC"
+        f"{report.touchpoints} touchpoints{window} ({skipped.undecodable} undecodable and {skipped.erased} of erased"
+        f" customers skipped), {report.customers} customers; inactivity judged at {report.now:%Y-%m-%d %H:%M} UTC"
     )
     counts = Table("stage / health", *_numbers("current", "new", "difference"), title="Customers per stage and health")
     for name, c in report.stages.items():
@@ -194,7 +245,14 @@ def show(report: PreviewReport, *, undecodable: int = 0, since: datetime | None 
         return
     console.print(f"{report.moved} customers would change stage; examples (up to 3 per movement):")
     for (before, after), ids in sorted(report.examples.items(), key=_by_stage_order(order)):
-        console.print(f"  {before} -> {after} ({report.matrix[(before, after)]}): {', '.join(ids)}", highlight=False)
+        shown = ", ".join(_masked(i) for i in ids)
+        console.print(f"  {before} -> {after} ({report.matrix[(before, after)]}): {shown}", highlight=False)
+
+
+def _masked(customer_id: str) -> str:
+    """An id that is an email address is shown as ``j…@example.com``: terminals end up in logs and tickets."""
+    local, at, domain = customer_id.partition("@")
+    return f"{local[:1]}…@{domain}" if at and "." in domain else customer_id
 
 
 def _numbers(*headers: str) -> list[Column]:

@@ -16,14 +16,18 @@ from sqlalchemy import text
 from typer.testing import CliRunner, Result
 
 from clm_cli.main import app
-from clm_shared.db import create_engine
+from clm_shared.db import create_engine, service_schema
+from clm_shared.migrations import apply_migrations
 from clm_shared.serde import JsonSerializer
 from clm_shared.settings import Settings, get_settings
 from clm_shared.topics import Topics
+from stage_engine.app import MIGRATIONS
+from stage_engine.erasure import erased_id_hash
 from stage_engine.rules import DEFAULT_RULES_FILE
 from tests.integration.stage_engine.test_recovery import publish
+from tests.secret_watch import remember_secret
 from tests.unit.stage_engine.test_preview import dataset
-from tests.utils.factories import touchpoint
+from tests.utils.factories import T0, touchpoint
 from tests.utils.kafka import topic_size
 
 serialize = JsonSerializer()
@@ -119,6 +123,33 @@ async def test_days_reads_only_the_records_published_in_that_window(
 
     assert "2 touchpoints" in everything and "conversion -> discovery (2): new-buyer, old-buyer" in everything
     assert "1 touchpoints since" in last_days and "conversion -> discovery (1): new-buyer" in last_days
+
+
+async def test_erased_customers_stay_out_and_email_ids_are_masked(
+    cli_env: Settings, topics: Topics, new_rules: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = remember_secret("preview-erasure-key")
+    monkeypatch.setenv("CLM_ERASURE_KEY", key)
+    buyer = "ann@example.com"
+    await publish(cli_env, topics, [*dataset(), touchpoint("Order Completed", customer=buyer, at=T0, revenue=5)])
+    # The engine's own tables, as after it erased d1-order (its touchpoints were received before).
+    schema = service_schema(cli_env, "stage-engine")
+    db = create_engine(cli_env.database_url, schema=schema, pool_size=1)
+    try:
+        await apply_migrations(db, script_location=MIGRATIONS, schema=schema)
+        async with db.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO erased_ids (id_hash, erased_at) VALUES (:h, :at)"),
+                {"h": erased_id_hash("d1-order", key.encode()), "at": datetime.now(UTC)},
+            )
+    finally:
+        await db.dispose()
+
+    output = (await clm_preview("--rules", str(new_rules))).output
+
+    assert "1 of erased customers skipped" in output and "11 customers" in output
+    assert "conversion -> discovery (4): a…@example.com, d2-order, d3-order" in output
+    assert buyer not in output
 
 
 async def assert_wrote_nothing(settings: Settings, topics: Topics) -> None:
