@@ -82,7 +82,7 @@ def preview_command(
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a broker error is reported once, below
     try:
         # Both files are checked before anything is read, with the engine's own start-up message.
-        run = Preview(load_rules(settings.rules_file), load_rules(rules))
+        run = Preview(load_rules(settings.rules_file), load_rules(rules), freeze_gc=True)
     except RulesError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
