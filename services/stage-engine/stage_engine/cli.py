@@ -183,13 +183,17 @@ class TopicBacklog:
 
     async def batches(self, size: int) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False, client_id="clm-stage-preview"
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",  # records removed by retention meanwhile: go on from what is left
+            client_id="clm-stage-preview",
         )
         try:
             await consumer.start()
             partitions = [TopicPartition(self.topic, p) for p in await partitions_of(self.bootstrap, self.topic)]
             if not partitions:
-                return
+                raise PreviewRefused(f"topic {self.topic} does not exist on {self.bootstrap} (CLM_TOPIC_NAMESPACE?)")
             consumer.assign(partitions)
             ends = await consumer.end_offsets(partitions)
             starts = await self._starts(consumer, partitions, ends)
@@ -202,7 +206,9 @@ class TopicBacklog:
                 out: list[ConsumerRecord[bytes, bytes]] = []
                 for tp, records in fetched.items():
                     out.extend(r for r in records if r.offset < ends[tp])
-                    if records and records[-1].offset + 1 >= ends[tp]:
+                # By position, not by the last record: the last offsets may be transaction markers.
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ends[tp]:
                         remaining.discard(tp)
                 yield out
         finally:

@@ -152,6 +152,14 @@ async def test_erased_customers_stay_out_and_email_ids_are_masked(
     assert buyer not in output
 
 
+async def test_a_missing_topic_is_an_error_not_an_empty_preview(cli_env: Settings, new_rules: Path) -> None:
+    # No `topics` fixture: this namespace has no topics.
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["stage-engine", "preview", "--rules", str(new_rules)])
+
+    assert result.exit_code == 1, result.output
+    assert f"topic {cli_env.topic_namespace}clm.touchpoints.v1 does not exist" in result.output
+
+
 async def assert_wrote_nothing(settings: Settings, topics: Topics) -> None:
     assert await topic_size(settings.kafka_bootstrap, topics.stage_changes) == 0
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
