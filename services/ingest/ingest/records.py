@@ -27,11 +27,9 @@ def touchpoint_records(
     """(key, value) per call; raises TypeError for a value JSON cannot hold (an integer over 64 bits)."""
     records = []
     times = request.times
-    for kind, call in request.calls:
+    for kind, call, user_id, anonymous_id in request.calls:
         sent_at = times[call.sent_at] if call.sent_at is not None else request.sent_at
         timestamp = times[call.timestamp] if call.timestamp is not None else None
-        user_id = id_text(call.user_id) or None
-        anonymous_id = id_text(call.anonymous_id) or None
         customer_key = user_id or anonymous_id or ""
         event: str | None = None
         properties: dict[str, Any] = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, NamedTuple, Union
 
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct
@@ -124,11 +124,20 @@ class _Batch(Struct, rename="camel", forbid_unknown_fields=True):
 _BATCH_DECODER = msgspec.json.Decoder(_Batch)
 
 
+class WireEntry(NamedTuple):
+    """One accepted call with its type and its ids as text (an empty id is None)."""
+
+    kind: str
+    call: WireCall
+    user_id: str | None
+    anonymous_id: str | None
+
+
 @dataclass(frozen=True)
 class WireRequest:
     """Calls the fast path accepted, with the batch-level fields that fill what an item lacks."""
 
-    calls: list[tuple[str, WireCall]]
+    calls: list[WireEntry]
     context: dict[str, Any]
     integrations: dict[str, Any]
     sent_at: datetime | None
@@ -142,17 +151,18 @@ def decode_request(body: bytes, endpoint: str) -> WireRequest | None:
         if endpoint != "batch":
             if len(body) > _SURELY_SMALL:
                 return None
-            call = _SINGLE_DECODERS[endpoint].decode(body)
-            return WireRequest([(endpoint, call)], {}, {}, None, times) if _valid(call, times) else None
+            entry = _entry(endpoint, _SINGLE_DECODERS[endpoint].decode(body), times)
+            return WireRequest([entry], {}, {}, None, times) if entry else None
         request = _BATCH_DECODER.decode(body)
-        calls: list[tuple[str, WireCall]] = []
+        calls: list[WireEntry] = []
         for raw in request.batch:
             if len(raw) > _SURELY_SMALL:
                 return None
             item = _ITEM_DECODER.decode(raw)
-            if not _valid(item, times):
+            entry = _entry(_ITEM_KINDS[type(item)], item, times)
+            if entry is None:
                 return None
-            calls.append((_ITEM_KINDS[type(item)], item))
+            calls.append(entry)
         sent_at = _read_time(request.sent_at, times) if request.sent_at is not None else None
     except (msgspec.ValidationError, msgspec.DecodeError, ValueError):
         return None
@@ -166,24 +176,26 @@ def _read_time(text: str, times: dict[str, datetime]) -> datetime:
     return value
 
 
-def _valid(call: _Call, times: dict[str, datetime]) -> bool:
-    """What pydantic checks beyond the types: an identity, ids of at most 1,024 characters as text."""
-    user_id, anonymous_id = id_text(call.user_id), id_text(call.anonymous_id)
+def _entry(kind: str, call: WireCall, times: dict[str, datetime]) -> WireEntry | None:
+    """What pydantic checks beyond the types (an identity, ids of at most 1,024 characters as text), or None."""
+    user_id = id_text(call.user_id) or None
+    anonymous_id = id_text(call.anonymous_id) or None
     if not (user_id or anonymous_id) or len(user_id or "") > 1024 or len(anonymous_id or "") > 1024:
-        return False
+        return None
     if isinstance(call, WireGroup) and not 0 < len(id_text(call.group_id) or "") <= 1024:
-        return False
+        return None
     if isinstance(call, WireAlias) and not 0 < len(id_text(call.previous_id) or "") <= 1024:
-        return False
-    for text in (call.timestamp, call.sent_at):
-        if text is not None:
-            _read_time(text, times)  # raises ValueError for a date-time the fast path does not read
-    return True
+        return None
+    if call.timestamp is not None:
+        _read_time(call.timestamp, times)  # raises ValueError for a date-time the fast path does not read
+    if call.sent_at is not None:
+        _read_time(call.sent_at, times)
+    return WireEntry(kind, call, user_id, anonymous_id)
 
 
 def id_text(value: str | int | None) -> str | None:
     """Ids as text, as ``segment._id_to_text`` keeps numbers."""
-    return str(value) if isinstance(value, int) else value
+    return str(value) if type(value) is int else value  # type: ignore[return-value]
 
 
 def parse_time(text: str) -> datetime:
