@@ -32,10 +32,10 @@ _Object = dict[str, Any]
 _SURELY_SMALL = MAX_EVENT_BYTES // 5
 
 # The date-times the fast path reads itself; pydantic reads these to the same instant and offset.
-_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})?")
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})?", re.ASCII)
 
 
-class _Call(Struct, rename="camel", forbid_unknown_fields=True, omit_defaults=True):
+class _Call(Struct, rename="camel", forbid_unknown_fields=True):
     # Every field is decoded (none is skipped unread), so a body msgspec accepts is one orjson accepts.
     message_id: _MessageId | None = None
     user_id: str | _Int | None = None

@@ -122,6 +122,7 @@ def test_batches_with_their_own_context_and_sent_at_give_the_same_records() -> N
         (b'{"userId": true, "event": "E"}', "track"),
         (b'{"userId": "u", "event": "E", "timestamp": 1700000000}', "track"),  # a Unix time
         (b'{"userId": "u", "event": "E", "timestamp": "2026-01-01 00:00:00"}', "track"),
+        ('{"userId": "u", "event": "E", "timestamp": "\u0662\u0660\u0662\u0666-01-01T00:00:00Z"}'.encode(), "track"),
         (b'{"userId": "u", "event": "E", "properties": {"n": 18446744073709551616}}', "track"),  # orjson: a float
         (b'{"userId": 18446744073709551616, "event": "E"}', "track"),
         (b'{"batch": [{"type": "track", "type": "identify", "userId": "u", "event": "E"}]}', "batch"),
