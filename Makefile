@@ -40,6 +40,7 @@ test: install browser lint
 bench: install
 	$(BIN)/python -m bench.ingest.run
 	$(BIN)/python -m bench.stage_engine.run
+	$(BIN)/python -m bench.stage_engine.preview
 	$(BIN)/python -m bench.metrics.run
 	$(BIN)/python -m bench.campaigns.run
 

@@ -111,6 +111,18 @@ class CampaignsUnderTest:
             print(f"applied (touchpoints, events): {seen}, published: {published}")
             raise
 
+    async def delivered(self) -> None:
+        """Every message due by the clock recorded as sent, failed or held (a mail can reach the sink
+        a moment before its send is committed)."""
+
+        async def none_due() -> bool:
+            due = await self.value(
+                "SELECT count(*) FROM messages WHERE status = 'pending' AND due_at <= $1", self.clock.now
+            )
+            return bool(due == 0)
+
+        await wait_for(none_due, what="every due message recorded")
+
     async def messages(self, customer: str) -> list[Any]:
         return await self.fetch(
             "SELECT campaign_id, step, step_name, status, reason, variant, due_at, attempts FROM messages"

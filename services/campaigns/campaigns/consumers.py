@@ -147,7 +147,10 @@ async def apply_touchpoints(db: Db, batch: Sequence[Touchpoint], decisions: Deci
                 candidates.get(cid, []), tp.timestamp, {"message_id": tp.message_id, "revenue": tp.revenue}
             )
         event = TriggerEvent("event", cid, tp.message_id, tp.event, tp.timestamp, tp.properties)
-        runs[cid].extend(journeys.on_trigger(event, profile, started[cid]))
+        new_runs = journeys.on_trigger(event, profile, started[cid])
+        runs[cid].extend(new_runs)
+        if orders:  # a later order of this batch converts these runs too
+            candidates.setdefault(cid, []).extend((run, None) for run in new_runs)
     await store.write_plan(db, journeys.plan, topic=decisions.events_topic, now=now)
 
 

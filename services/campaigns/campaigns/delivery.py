@@ -24,8 +24,8 @@ from prometheus_client import Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from campaigns import store
-from campaigns.channels import PermanentFailure, TransientFailure
-from campaigns.consumers import Decisions
+from campaigns.channels import PermanentFailure, RecipientRefused, TransientFailure
+from campaigns.consumers import Decisions, suppress
 from campaigns.definitions import Campaign, SendStep
 from campaigns.journeys import Profile
 from campaigns.registry import versions
@@ -243,6 +243,8 @@ class DeliveryRound:
                 await self.sender(job, db)
             except TransientFailure as exc:
                 return ("failed" if row["attempts"] + 1 >= self.attempts else "retry"), str(exc)
+            except RecipientRefused as exc:  # a hard bounce: this address gets no campaign mail any more
+                return "bounced", str(exc)
             except (PermanentFailure, TemplateError) as exc:  # a template that cannot render will not next time
                 return "failed", str(exc)
             except Exception as exc:  # unforeseen: this send is retried, the others of the round go on
@@ -255,6 +257,7 @@ class DeliveryRound:
         counts: Counter[tuple[str, str]] = Counter()
         events: list[tuple[Any, str, str | None]] = []
         updates: list[tuple[int, str, datetime, int, str | None, str | None, datetime | None]] = []
+        bounced: list[str] = []
         for row, (outcome, detail) in zip(rows, outcomes, strict=True):
             SENDS.labels(outcome).inc()
             attempts = row["attempts"] + (0 if outcome in ("held", "later") else 1)
@@ -269,8 +272,10 @@ class DeliveryRound:
             elif outcome == "retry":
                 due, error = now + self.retry_base * (2 ** (attempts - 1)), detail
                 log.info("send will be retried", message_id=row["message_id"], attempts=attempts, error=detail)
-            elif outcome == "failed":
+            elif outcome in ("failed", "bounced"):
                 status, error = "failed", detail
+                if outcome == "bounced":
+                    bounced.append(row["customer_id"])
                 counts[(row["campaign_id"], "failed")] += 1
                 events.append((row, "failed", detail))
                 log.warning("send failed", message_id=row["message_id"], attempts=attempts, error=detail)
@@ -288,6 +293,7 @@ class DeliveryRound:
             """,
             *(list(column) for column in zip(*updates, strict=True)),
         )
+        await suppress(db, dict.fromkeys(bounced, "hard_bounce"), dict.fromkeys(bounced, now))
         await store.add_counts(db, counts)
         await self._publish(db, events, now)
 

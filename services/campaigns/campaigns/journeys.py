@@ -63,7 +63,8 @@ class Run:
     holdout: bool = False
     due_at: datetime | None = None
     waiting_for: str | None = None
-    converted_at: datetime | None = None
+    converted_at: datetime | None = None  # an order within the window after a send (attribution)
+    entry_converted_at: datetime | None = None  # an order within the window after entry (uplift, both groups)
     run_id: int | None = None  # None until stored
 
 
@@ -374,21 +375,27 @@ class Journeys:
 
     # -- attribution ------------------------------------------------------------------------------
     def on_order(self, candidates: list[tuple[Run, datetime | None]], at: datetime, order: dict[str, Any]) -> None:
-        """An order converts each run of the customer whose last send (or holdout entry) is within the window.
+        """An order within the window counts twice over, each once per run.
 
-        ``candidates`` are the customer's unconverted runs with the time of their last successful send.
+        For the uplift, both groups alike: an order after entry converts a holdout run
+        (``holdout_converted``) or a treated one (``treatment_converted``), sent to or not. For the
+        attribution, an order after a run's last successful send is that campaign's conversion
+        (``converted`` and a ``clm.campaign.converted`` event). ``candidates`` are the customer's runs
+        not converted both ways yet, with the time of their last successful send.
         """
         window = self.guardrails.attribution_window
+
+        def within(since: datetime | None) -> bool:
+            return since is not None and since <= at <= since + window
+
         for run, last_sent in candidates:
-            if run.converted_at is not None:
-                continue
-            since = run.entered_at if run.holdout else last_sent
-            if since is None or not (since <= at <= since + window):
-                continue
-            run.converted_at = at
-            self.plan.touch(run)
-            if run.holdout:
-                self.plan.counts[(run.campaign_id, "holdout_converted")] += 1
-            else:
+            if run.entry_converted_at is None and within(run.entered_at):
+                run.entry_converted_at = at
+                self.plan.touch(run)
+                group = "holdout_converted" if run.holdout else "treatment_converted"
+                self.plan.counts[(run.campaign_id, group)] += 1
+            if not run.holdout and run.converted_at is None and within(last_sent):
+                run.converted_at = at
+                self.plan.touch(run)
                 self.plan.counts[(run.campaign_id, "converted")] += 1
                 self.plan.conversions.append((run, at, order))

@@ -32,9 +32,10 @@ class CampaignStats(BaseModel):
     failed: int
     exited: int
     completed: int
-    converted: int
+    converted: int  # orders within the window after a send: the campaign's attributed conversions
     treatment: int
-    conversion_rate: float | None
+    treatment_converted: int  # treated runs with an order within the window after entry
+    conversion_rate: float | None  # treatment_converted / treatment, measured as the holdout's is
     holdout: HoldoutStats
     uplift: float | None  # treatment rate - holdout rate, in absolute terms (0.02 = 2 percentage points)
     relative_uplift: float | None  # uplift / holdout rate; None when the holdout did not convert at all
@@ -56,7 +57,9 @@ def campaign_stats(counts: Mapping[str, int]) -> CampaignStats:
     # entered counts holdout runs too; a counter read mid-way can never make the treatment negative.
     treatment = max(entered - holdout_members, 0)
     converted, holdout_converted = count("converted"), count("holdout_converted")
-    treatment_rate = rate(converted, treatment)
+    # both groups measured alike, from entry: treated runs never sent to (capped, exited) count too
+    treatment_converted = count("treatment_converted")
+    treatment_rate = rate(treatment_converted, treatment)
     holdout_rate = rate(holdout_converted, holdout_members)
     uplift = None if treatment_rate is None or holdout_rate is None else treatment_rate - holdout_rate
     relative = None if uplift is None or not holdout_rate else uplift / holdout_rate
@@ -73,6 +76,7 @@ def campaign_stats(counts: Mapping[str, int]) -> CampaignStats:
         completed=count("completed"),
         converted=converted,
         treatment=treatment,
+        treatment_converted=treatment_converted,
         conversion_rate=treatment_rate,
         holdout=HoldoutStats(members=holdout_members, converted=holdout_converted, conversion_rate=holdout_rate),
         uplift=uplift,

@@ -32,7 +32,7 @@ OUTBOX = Outbox()
 
 _RUN_COLUMNS = (
     "run_id, campaign_id, version, customer_id, trigger_id, trigger, status, step, variant, holdout,"
-    " entered_at, step_since, due_at, waiting_for, converted_at"
+    " entered_at, step_since, due_at, waiting_for, converted_at, entry_converted_at"
 )
 
 
@@ -72,6 +72,7 @@ def _run(row: Any) -> Run:
         due_at=row["due_at"],
         waiting_for=row["waiting_for"],
         converted_at=row["converted_at"],
+        entry_converted_at=row["entry_converted_at"],
     )
 
 
@@ -207,7 +208,7 @@ async def claim_runs(db: Db, run_ids: Sequence[int]) -> tuple[list[Run], set[int
 async def attribution_candidates(
     db: Db, customer_ids: Sequence[str], since: datetime, known: dict[int, Run]
 ) -> dict[str, list[tuple[Run, datetime | None]]]:
-    """Unconverted runs with a send (or a holdout entry) after ``since``, with their last send time."""
+    """Runs not converted both ways that entered, or had a send, after ``since``, with their last send time."""
     rows = await db.fetch(
         f"""
         WITH sent AS (
@@ -216,8 +217,9 @@ async def attribution_candidates(
             GROUP BY run_id
         )
         SELECT {_RUN_COLUMNS}, sent.last_sent FROM runs LEFT JOIN sent USING (run_id)
-        WHERE customer_id = ANY($1::text[]) AND converted_at IS NULL
-          AND (sent.last_sent IS NOT NULL OR (holdout AND entered_at >= $2))
+        WHERE customer_id = ANY($1::text[])
+          AND ((converted_at IS NULL AND sent.last_sent IS NOT NULL)
+            OR (entry_converted_at IS NULL AND entered_at >= $2))
         ORDER BY run_id FOR UPDATE OF runs
         """,
         list(customer_ids),
@@ -397,10 +399,11 @@ async def _update_runs(db: Db, runs: list[Run]) -> None:
     await db.execute(
         """
         UPDATE runs SET status = u.status, step = u.step, variant = u.variant, step_since = u.step_since,
-            due_at = u.due_at, waiting_for = u.waiting_for, converted_at = u.converted_at
+            due_at = u.due_at, waiting_for = u.waiting_for, converted_at = u.converted_at,
+            entry_converted_at = u.entry_converted_at
         FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::timestamptz[], $6::timestamptz[],
-            $7::text[], $8::timestamptz[]) AS u(run_id, status, step, variant, step_since, due_at, waiting_for,
-            converted_at)
+            $7::text[], $8::timestamptz[], $9::timestamptz[]) AS u(run_id, status, step, variant, step_since, due_at,
+            waiting_for, converted_at, entry_converted_at)
         WHERE runs.run_id = u.run_id
         """,
         [r.run_id for r in runs],
@@ -411,6 +414,7 @@ async def _update_runs(db: Db, runs: list[Run]) -> None:
         [r.due_at for r in runs],
         [r.waiting_for for r in runs],
         [r.converted_at for r in runs],
+        [r.entry_converted_at for r in runs],
     )
 
 

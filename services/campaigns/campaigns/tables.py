@@ -116,7 +116,8 @@ runs = Table(
     Column("step_since", DateTime(timezone=True), nullable=False),
     Column("due_at", DateTime(timezone=True), nullable=True),
     Column("waiting_for", Text, nullable=True),  # the event a wait_for_event step waits for
-    Column("converted_at", DateTime(timezone=True), nullable=True),
+    Column("converted_at", DateTime(timezone=True), nullable=True),  # an order after a send: attribution
+    Column("entry_converted_at", DateTime(timezone=True), nullable=True),  # an order after entry: the uplift
     UniqueConstraint("campaign_id", "customer_id", "trigger_id", name="uq_runs_trigger"),
     Index("ix_runs_customer", "customer_id"),
     Index("ix_runs_members", "campaign_id", "status", "run_id"),

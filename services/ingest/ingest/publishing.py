@@ -11,6 +11,11 @@ from clm_shared.serde import JsonSerializer
 _serialize = JsonSerializer()
 
 
+def encode(touchpoints: Sequence[Touchpoint]) -> list[tuple[bytes, bytes]]:
+    """(key, value) records of touchpoint models; the fast path writes the same bytes without them."""
+    return [(tp.customer_key.encode(), _serialize(tp)) for tp in touchpoints]
+
+
 class TouchpointPublisher:
     def __init__(self, publisher: Publisher, topic: str) -> None:
         self._publisher = publisher
@@ -18,6 +23,8 @@ class TouchpointPublisher:
 
     async def publish(self, touchpoints: Sequence[Touchpoint]) -> None:
         """Returns once the broker acknowledged every touchpoint; raises PublishUnavailable otherwise."""
-        await self._publisher.publish_many(
-            [OutgoingRecord(self._topic, _serialize(tp), key=tp.customer_key.encode()) for tp in touchpoints]
-        )
+        await self.publish_encoded(encode(touchpoints))
+
+    async def publish_encoded(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """The same for records already encoded as (key, touchpoint JSON)."""
+        await self._publisher.publish_many([OutgoingRecord(self._topic, value, key=key) for key, value in records])

@@ -23,7 +23,7 @@ from clm_shared.kafka.consumer import Consumed
 from clm_shared.kafka.producer import Publisher
 from clm_shared.kafka.replay import CommittedBacklog, GroupRunning, refuse_while_group_runs
 from clm_shared.migrations import apply_migrations
-from clm_shared.schemas.touchpoint import TouchpointRecord
+from clm_shared.schemas.touchpoint import AnyTouchpoint, TouchpointRecord
 from clm_shared.serde import DecodeError, StructDeserializer
 from clm_shared.settings import Settings
 from clm_shared.topics import Topics
@@ -121,7 +121,7 @@ async def refuse_while_engines_run(settings: Settings) -> None:
         raise RebuildRefused(str(exc)) from None
 
 
-def was_erased(tp: TouchpointRecord, erased: dict[str, datetime], key: bytes) -> bool:
+def was_erased(tp: AnyTouchpoint, erased: dict[str, datetime], key: bytes) -> bool:
     """A touchpoint of a customer erased after it was received."""
     for any_id in (tp.user_id, tp.anonymous_id, tp.previous_id, tp.customer_key):
         erased_at = erased.get(erased_id_hash(any_id, key)) if any_id else None

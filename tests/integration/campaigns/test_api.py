@@ -212,20 +212,22 @@ async def seed_counts(engine: AsyncEngine, campaign_id: str, counts: dict[str, i
 async def test_stats_compare_treatment_with_the_holdout(api: Api) -> None:
     for campaign_id in ("welcome", "winback", "gone"):
         ok(await api.admin.post("/v1/campaigns", json=definition(campaign_id)), 201)
-    # 400 entered, 40 held out: treatment 360, 54 converted (15%); holdout 2 of 40 (5%): uplift 10 points, x2.
+    # 400 entered, 40 held out: treatment 360, 54 converted after entry (15%), 50 of them within the window
+    # after a send (attributed); holdout 2 of 40 (5%): uplift 10 points, x2.
     await seed_counts(
         api.engine,
         "welcome",
         {"entered": 400, "holdout": 40, "sent": 700, "failed": 2, "exited": 10, "completed": 300,
-         "converted": 54, "holdout_converted": 2, "held:capped": 7, "held:holdout": 40, "held:suppressed": 1},
+         "converted": 50, "treatment_converted": 54, "holdout_converted": 2, "held:capped": 7, "held:holdout": 40,
+         "held:suppressed": 1},
     )  # fmt: skip
-    await seed_counts(api.engine, "winback", {"entered": 10, "sent": 10, "converted": 1})
+    await seed_counts(api.engine, "winback", {"entered": 10, "sent": 10, "converted": 1, "treatment_converted": 1})
     await seed_counts(api.engine, "gone", {"entered": 5})
     ok(await api.admin.delete("/v1/campaigns/gone"), 204)
 
     stats = ok(await api.read.get("/v1/campaigns/welcome/stats"))
     assert (stats["entered"], stats["treatment"], stats["sent"], stats["failed"]) == (400, 360, 700, 2)
-    assert (stats["exited"], stats["completed"], stats["converted"]) == (10, 300, 54)
+    assert (stats["exited"], stats["completed"], stats["converted"], stats["treatment_converted"]) == (10, 300, 50, 54)
     assert stats["conversion_rate"] == pytest.approx(0.15)
     assert stats["holdout"] == {"members": 40, "converted": 2, "conversion_rate": pytest.approx(0.05)}
     assert stats["uplift"] == pytest.approx(0.10)

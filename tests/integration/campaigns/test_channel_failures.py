@@ -179,6 +179,9 @@ async def test_a_permanent_refusal_fails_the_send_after_one_attempt(
         assert (event.type, event.data["attempts"]) == (EventType.CAMPAIGN_FAILED, 1)
         assert (await svc.counts("welcome")).get("failed") == 1
         assert svc.sink.messages() == []
+        # a refused address is a hard bounce: no campaign mails it again; refused content is not
+        reason = await svc.value("SELECT reason FROM suppressions WHERE customer_id = 'cid'")
+        assert reason == ("hard_bounce" if refuse_at == "rcpt" else None)
 
 
 def email_campaign(folder: Path, campaign_id: str, text: str) -> None:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from campaigns.channels import ChannelFailure, PermanentFailure, TransientFailure
+from campaigns.channels import ChannelFailure, PermanentFailure, RecipientRefused, TransientFailure
 from campaigns.channels.email import EmailChannel
 from campaigns.channels.webhook import WebhookChannel, verify_webhook_signature
 from campaigns.definitions import EmailTemplate
@@ -116,7 +116,7 @@ async def test_the_same_send_retried_keeps_its_message_id(tmp_path: Path, sink: 
     ("code", "at", "failure", "says"),
     [
         (451, "rcpt", TransientFailure, "SMTP 451 on RCPT"),
-        (550, "rcpt", PermanentFailure, "SMTP 550 on RCPT"),
+        (550, "rcpt", RecipientRefused, "SMTP 550 on RCPT"),
         (452, "data", TransientFailure, "SMTP 452 on DATA"),
         (554, "data", PermanentFailure, "SMTP 554 on DATA"),
     ],

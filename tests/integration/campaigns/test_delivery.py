@@ -102,6 +102,7 @@ async def test_abandoned_cart_fires_without_an_order_and_exits_when_the_order_ar
     body = second.get_body(("plain",))
     assert body is not None
     assert ("COMEBACK10" in body.get_content()) == (variant == "B")
+    await svc.delivered()
     rows = await svc.messages("bob")
     assert [(r["step_name"], r["status"], r["variant"]) for r in rows] == [
         ("reminder", "sent", variant),
@@ -116,6 +117,7 @@ async def test_abandoned_cart_fires_without_an_order_and_exits_when_the_order_ar
     ]
     counts = await svc.counts("abandoned-cart")
     assert counts["entered"] == 3 and counts["exited"] == 2 and counts["converted"] == 1 and counts["sent"] == 3
+    assert counts["treatment_converted"] == 2  # dan and cat ordered within a week of entering; only cat after a send
 
 
 async def test_the_frequency_cap_holds_the_fourth_message_in_a_week_and_says_so(svc: CampaignsUnderTest) -> None:
@@ -126,6 +128,7 @@ async def test_the_frequency_cap_holds_the_fourth_message_in_a_week_and_says_so(
         await svc.stage("eve", stage, at)
     await svc.settled()
     await wait_for(lambda: len(svc.mails_to(addr("eve"))) == 3, what="three messages")
+    await svc.delivered()
     rows = await svc.messages("eve")
     assert [(r["campaign_id"], r["status"], r["reason"]) for r in rows] == [
         ("welcome", "sent", None),

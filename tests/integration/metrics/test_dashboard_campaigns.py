@@ -77,7 +77,8 @@ async def test_the_dashboard_gets_sent_converted_and_uplift_from_the_campaigns_s
                     await db.executemany(
                         "INSERT INTO campaign_counts (campaign_id, counter, count) VALUES ($1, $2, $3)",
                         [("welcome", "entered", 220), ("welcome", "holdout", 20), ("welcome", "sent", 300),
-                         ("welcome", "converted", 40), ("welcome", "holdout_converted", 1), ("winback", "sent", 3)],
+                         ("welcome", "converted", 40), ("welcome", "treatment_converted", 40),
+                         ("welcome", "holdout_converted", 1), ("winback", "sent", 3)],
                     )  # fmt: skip
             finally:
                 await engine.dispose()

@@ -704,7 +704,16 @@ def test_quiet_hours_on_a_timer_send() -> None:
 ORDER = {"order_id": "o-1", "revenue": 99.0}
 
 
-def stored_run(*, holdout: bool = False, entered_at: datetime = T0, converted_at: datetime | None = None) -> Run:
+def stored_run(
+    *,
+    holdout: bool = False,
+    entered_at: datetime = T0,
+    converted_at: datetime | None = None,
+    entry_converted: bool | None = None,
+) -> Run:
+    """A stored run; a treated one has its uplift conversion counted already (unless ``entry_converted``
+    is False), so these tests see the attribution alone."""
+    counted = (not holdout) if entry_converted is None else entry_converted
     return Run(
         campaign_id="welcome",
         version=1,
@@ -717,6 +726,7 @@ def stored_run(*, holdout: bool = False, entered_at: datetime = T0, converted_at
         step=1,
         holdout=holdout,
         converted_at=converted_at,
+        entry_converted_at=entered_at if counted else None,
         run_id=7,
     )
 
@@ -763,14 +773,33 @@ def test_holdout_run_converts_from_entry_without_a_conversion_event() -> None:
     at = T0 + timedelta(days=1)
     j = journeys(campaign())
     j.on_order([(run, None)], at, ORDER)
-    assert run.converted_at == at
+    assert run.entry_converted_at == at and run.converted_at is None
     assert j.plan.conversions == []
     assert counts(j.plan) == {("welcome", "holdout_converted"): 1}
     # later than the window from entry: not counted
     late = stored_run(holdout=True, entered_at=T0)
     j = journeys(campaign())
     j.on_order([(late, None)], T0 + timedelta(days=8), ORDER)
-    assert late.converted_at is None and counts(j.plan) == {}
+    assert late.entry_converted_at is None and counts(j.plan) == {}
+
+
+def test_a_treated_run_converts_from_entry_for_the_uplift_whether_or_not_it_was_sent_to() -> None:
+    """Measured as the holdout is: a capped or exited run that was never sent to still counts."""
+    never_sent, sent = stored_run(entry_converted=False), stored_run(entry_converted=False)
+    sent.campaign_id = "cart"
+    at = T0 + timedelta(days=1)
+    j = journeys(campaign())
+    j.on_order([(never_sent, None), (sent, T0)], at, ORDER)
+    assert never_sent.entry_converted_at == at and never_sent.converted_at is None
+    assert sent.entry_converted_at == at and sent.converted_at == at
+    assert [run for run, _, _ in j.plan.conversions] == [sent]
+    assert counts(j.plan) == {
+        ("welcome", "treatment_converted"): 1,
+        ("cart", "treatment_converted"): 1,
+        ("cart", "converted"): 1,
+    }
+    j.on_order([(never_sent, None), (sent, T0)], at + timedelta(hours=1), ORDER)  # a second order: no more
+    assert len(j.plan.conversions) == 1
 
 
 def test_converted_run_is_not_converted_twice() -> None:

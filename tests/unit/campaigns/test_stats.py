@@ -11,14 +11,16 @@ from campaigns.stats import campaign_stats
 
 
 def test_a_worked_example() -> None:
-    # 1,000 entered, 100 of them held out; 90 of 900 treated converted (10%), 5 of 100 held out (5%).
+    # 1,000 entered, 100 of them held out; 90 of 900 treated converted after entry (10%), 5 of 100 held
+    # out (5%); 70 orders came within the window after a send (the attributed conversions).
     stats = campaign_stats(
         {
             "entered": 1000,
             "holdout": 100,
             "sent": 1700,
             "failed": 3,
-            "converted": 90,
+            "converted": 70,
+            "treatment_converted": 90,
             "holdout_converted": 5,
             "held:capped": 12,
             "held:quiet_hours": 4,
@@ -26,7 +28,7 @@ def test_a_worked_example() -> None:
             "held:paused": 0,
         }
     )
-    assert stats.treatment == 900
+    assert (stats.treatment, stats.treatment_converted, stats.converted) == (900, 90, 70)
     assert stats.conversion_rate == 0.1
     assert (stats.holdout.members, stats.holdout.converted, stats.holdout.conversion_rate) == (100, 5, 0.05)
     assert stats.uplift is not None and math.isclose(stats.uplift, 0.05)
@@ -44,9 +46,9 @@ def test_no_counters_means_zeros_and_no_rates() -> None:
 
 
 def test_without_a_holdout_there_is_no_uplift_and_a_holdout_that_never_converted_has_no_relative_one() -> None:
-    no_holdout = campaign_stats({"entered": 10, "converted": 2})
+    no_holdout = campaign_stats({"entered": 10, "treatment_converted": 2})
     assert no_holdout.conversion_rate == 0.2 and no_holdout.uplift is None
-    never = campaign_stats({"entered": 20, "holdout": 10, "converted": 3, "holdout_converted": 0})
+    never = campaign_stats({"entered": 20, "holdout": 10, "treatment_converted": 3, "holdout_converted": 0})
     assert never.uplift is not None and math.isclose(never.uplift, 0.3)
     assert never.relative_uplift is None
 
@@ -63,7 +65,7 @@ def consistent_counts(draw: st.DrawFn) -> dict[str, int]:
     return {
         "entered": treatment + holdout,
         "holdout": holdout,
-        "converted": draw(st.integers(0, treatment)),
+        "treatment_converted": draw(st.integers(0, treatment)),
         "holdout_converted": draw(st.integers(0, holdout)),
         "sent": draw(st.integers(0, 10**6)),
     }

@@ -92,3 +92,9 @@ def test_generated_ids_are_distinct_version_4_uuids_even_past_the_pool() -> None
     made = [ids() for _ in range(5)]
     assert len(set(made)) == 5
     assert all(uuid.UUID(m).version == 4 for m in made)
+
+
+@given(st.binary(min_size=160, max_size=160))
+def test_generated_ids_are_written_as_the_uuid_module_writes_them(pool: bytes) -> None:
+    ids = MessageIds(10, random=lambda size: pool[:size])
+    assert [ids() for _ in range(10)] == [str(uuid.UUID(bytes=pool[i : i + 16], version=4)) for i in range(0, 160, 16)]

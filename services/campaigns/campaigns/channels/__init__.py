@@ -17,3 +17,7 @@ class TransientFailure(ChannelFailure):
 
 class PermanentFailure(ChannelFailure):
     """Retrying will not help: the recipient or the content was refused."""
+
+
+class RecipientRefused(PermanentFailure):
+    """The address itself was refused (a 5xx on RCPT, or no address at all): a hard bounce."""

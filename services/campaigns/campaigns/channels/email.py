@@ -12,7 +12,7 @@ from email.utils import formatdate, parseaddr
 
 import aiosmtplib
 
-from campaigns.channels import PermanentFailure, TransientFailure
+from campaigns.channels import PermanentFailure, RecipientRefused, TransientFailure
 from campaigns.templates import RenderedEmail
 from clm_shared.settings import Settings
 
@@ -51,7 +51,7 @@ class EmailChannel:
     async def send(self, to: str, rendered: RenderedEmail, *, message_id: str, unsubscribe_url: str) -> None:
         """Deliver one message; ``TransientFailure`` to retry later, ``PermanentFailure`` to give up."""
         if "\r" in to or "\n" in to or "@" not in parseaddr(to)[1]:
-            raise PermanentFailure("the recipient address is not valid")
+            raise RecipientRefused("the recipient address is not valid")
         message = build_message(self.settings, to, rendered, message_id=message_id, unsubscribe_url=unsubscribe_url)
         s = self.settings
         password = s.smtp_password.get_secret_value() if s.smtp_password is not None else None
@@ -93,4 +93,6 @@ class EmailChannel:
 def _by_code(code: int, stage: str) -> TransientFailure | PermanentFailure:
     if 400 <= code < 500:
         return TransientFailure(f"SMTP {code} on {stage}")
+    if stage == "RCPT":
+        return RecipientRefused(f"SMTP {code} on {stage}")
     return PermanentFailure(f"SMTP {code} on {stage}")

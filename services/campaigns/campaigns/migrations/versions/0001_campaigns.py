@@ -118,6 +118,7 @@ def upgrade() -> None:
         sa.Column("due_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("waiting_for", sa.Text(), nullable=True),
         sa.Column("converted_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("entry_converted_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("run_id"),
         sa.UniqueConstraint("campaign_id", "customer_id", "trigger_id", name="uq_runs_trigger"),
     )
