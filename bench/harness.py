@@ -8,7 +8,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -119,3 +119,35 @@ async def wait_consumed(
     finally:
         await admin.close()
     return done
+
+
+async def consume_only(
+    bootstrap: str, decoders: Mapping[str, Callable[..., object]], total: int, **consumer_options: Any
+) -> float:
+    """Seconds to fetch ``total`` records of these topics and decode each with its topic's deserializer.
+
+    The ceiling a consumer's rate is compared with: the same backlog, the same decoding, no database.
+    """
+    consumer = AIOKafkaConsumer(
+        *decoders,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        **consumer_options,
+    )
+    began = time.monotonic()
+    await consumer.start()
+    seen = 0
+    try:
+        while seen < total:
+            if time.monotonic() - began > 600:
+                raise SystemExit(f"the consume-only reader saw {seen:,} of {total:,} records in 600 s")
+            for tp, records in (await consumer.getmany(timeout_ms=200, max_records=2000)).items():
+                decode = decoders[tp.topic]
+                for record in records:
+                    decode(record.value, topic=record.topic)
+                seen += len(records)
+    finally:
+        await consumer.stop()
+    return time.monotonic() - began

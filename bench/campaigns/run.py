@@ -39,7 +39,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.harness import end_offsets, scratch_infra, wait_consumed, wait_ready, write_results
+from bench.harness import consume_only, end_offsets, scratch_infra, wait_consumed, wait_ready, write_results
 from campaigns.consumers import (
     LIFECYCLE_GROUP,
     TOUCHPOINTS_GROUP,
@@ -219,33 +219,6 @@ async def write_backlog(bootstrap: str, topics: Topics, now: datetime) -> tuple[
     return backlog, time.monotonic() - began
 
 
-async def consume_only(bootstrap: str, topics: Topics, total: int) -> float:
-    """Seconds to fetch and decode the whole backlog with the service's own deserializers, no database."""
-    consumer = AIOKafkaConsumer(
-        topics.touchpoints,
-        topics.stage_changes,
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-    )
-    began = time.monotonic()
-    await consumer.start()
-    seen = 0
-    try:
-        while seen < total:
-            if time.monotonic() - began > 600:
-                raise SystemExit(f"the consume-only reader saw {seen:,} of {total:,} records in 600 s")
-            for tp, records in (await consumer.getmany(timeout_ms=200, max_records=2000)).items():
-                decode: Any = touchpoint_deserializer if tp.topic == topics.touchpoints else lifecycle_deserializer
-                for record in records:
-                    decode(record.value, topic=record.topic)
-                seen += len(records)
-    finally:
-        await consumer.stop()
-    return time.monotonic() - began
-
-
 async def set_group_offsets(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
     """Commit these offsets for a group nobody is in: 0 replays the backlog, the end offsets skip it."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
@@ -322,7 +295,13 @@ def throughput_run(
 ) -> dict[str, Any]:
     ends = asyncio.run(end_offsets(kafka, [topics.touchpoints, topics.stage_changes]))
     print(f"run {run}: consume-only ceiling (fetch + decode, no database)...", flush=True)
-    ceiling_s = asyncio.run(consume_only(kafka, topics, backlog.total))
+    ceiling_s = asyncio.run(
+        consume_only(
+            kafka,
+            {topics.touchpoints: touchpoint_deserializer, topics.stage_changes: lifecycle_deserializer},
+            backlog.total,
+        )
+    )
     asyncio.run(reset_groups(kafka, topics, ends, to_end=False))
     namespace = f"run{run}_"
     env = service_env(kafka, database_url, namespace, free_port(), scratch)

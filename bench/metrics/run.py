@@ -21,14 +21,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer
 
-from bench.harness import end_offsets, scratch_infra, wait_consumed, wait_ready, write_results
+from bench.harness import consume_only, end_offsets, scratch_infra, wait_consumed, wait_ready, write_results
 from bench.metrics.dataset import customer
 from clm_cli.infra.process import free_port
 from clm_shared.cloudevents import CloudEventDeserializer
@@ -101,35 +99,6 @@ async def write_backlog(bootstrap: str, topics: Topics, now: datetime) -> tuple[
     finally:
         await publisher.stop()
     return touchpoints, lifecycle, time.monotonic() - began
-
-
-async def consume_only(bootstrap: str, topics: Topics, total: int) -> float:
-    """Seconds to fetch and decode the whole backlog with the service's own deserializers, no database."""
-    touchpoint = JsonDeserializer(Touchpoint)
-    event = CloudEventDeserializer().with_types(*CAMPAIGN_EVENT_TYPES)
-    consumer = AIOKafkaConsumer(
-        topics.touchpoints,
-        topics.stage_changes,
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-    )
-    began = time.monotonic()
-    await consumer.start()
-    seen = 0
-    try:
-        while seen < total:
-            if time.monotonic() - began > 600:
-                raise SystemExit(f"the consume-only reader saw {seen:,} of {total:,} records in 600 s")
-            for tp, records in (await consumer.getmany(timeout_ms=200, max_records=2000)).items():
-                decode: Any = touchpoint if tp.topic == topics.touchpoints else event
-                for record in records:
-                    decode(record.value, topic=record.topic)
-                seen += len(records)
-    finally:
-        await consumer.stop()
-    return time.monotonic() - began
 
 
 def percentile(ordered: Sequence[float], share: float) -> float:
@@ -216,7 +185,11 @@ def main() -> None:
         print(f"  {touchpoints:,} touchpoints, {lifecycle:,} lifecycle events in {written_s:.1f} s", flush=True)
         ends = asyncio.run(end_offsets(kafka.bootstrap, [topics.touchpoints, topics.stage_changes]))
         print("consume-only ceiling (fetch + decode, no database)...", flush=True)
-        ceiling_s = asyncio.run(consume_only(kafka.bootstrap, topics, total))
+        decoders: dict[str, Callable[..., object]] = {
+            topics.touchpoints: JsonDeserializer(Touchpoint),
+            topics.stage_changes: CloudEventDeserializer().with_types(*CAMPAIGN_EVENT_TYPES),
+        }
+        ceiling_s = asyncio.run(consume_only(kafka.bootstrap, decoders, total))
         port = free_port()
         env = {
             **os.environ,

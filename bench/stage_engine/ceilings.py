@@ -14,12 +14,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import msgspec
-from aiokafka import AIOKafkaConsumer
 
 from clm_shared.db import create_engine
 from clm_shared.migrations import apply_migrations
-from clm_shared.schemas.touchpoint import Touchpoint, TouchpointRecord
-from clm_shared.serde import StructDeserializer
+from clm_shared.schemas.touchpoint import Touchpoint
 from clm_shared.transactions import transaction
 from stage_engine.app import MIGRATIONS
 from stage_engine.batch import BatchState, Emitted, Erased, Merged, event_id
@@ -29,32 +27,6 @@ from stage_engine.repository import save_batch
 from stage_engine.rules import load_rules
 
 WRITE_ONLY_SCHEMA = "bench_write_only"
-
-
-async def consume_only(bootstrap: str, topic: str, total: int) -> float:
-    """Seconds to fetch and decode the whole backlog with the engine's deserializer."""
-    decode = StructDeserializer(TouchpointRecord, "Touchpoint")
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=4 << 20,
-    )
-    began = time.monotonic()
-    await consumer.start()
-    seen = 0
-    try:
-        while seen < total:
-            if time.monotonic() - began > 600:
-                raise SystemExit(f"the consume-only reader saw {seen:,} of {total:,} records in 600 s")
-            for records in (await consumer.getmany(timeout_ms=200, max_records=2000)).values():
-                for record in records:
-                    decode(record.value, topic=record.topic)
-                seen += len(records)
-    finally:
-        await consumer.stop()
-    return time.monotonic() - began
 
 
 def journey_effects(

@@ -24,8 +24,8 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from bench.harness import end_offsets, scratch_infra, wait_consumed, wait_ready, write_results
-from bench.stage_engine.ceilings import consume_only, write_only
+from bench.harness import consume_only, end_offsets, scratch_infra, wait_consumed, wait_ready, write_results
+from bench.stage_engine.ceilings import write_only
 from clm_cli.infra.process import free_port
 from clm_shared.categories import categorize
 from clm_shared.cloudevents import decode
@@ -33,8 +33,8 @@ from clm_shared.db import create_engine
 from clm_shared.kafka.admin import ensure_topics
 from clm_shared.kafka.producer import OutgoingRecord, Publisher
 from clm_shared.migrations import apply_migrations
-from clm_shared.schemas.touchpoint import Touchpoint
-from clm_shared.serde import JsonSerializer
+from clm_shared.schemas.touchpoint import Touchpoint, TouchpointRecord
+from clm_shared.serde import JsonSerializer, StructDeserializer
 from clm_shared.topics import Topics
 from ingest.app import MIGRATIONS as INGEST_MIGRATIONS
 from ingest.keys import create_key
@@ -194,7 +194,10 @@ def main() -> None:
         ceilings: dict[str, float] = {}
         if CEILINGS:
             print("consume-only ceiling (fetch + decode, no database)...", flush=True)
-            ceilings["consume_only_s"] = asyncio.run(consume_only(kafka.bootstrap, topics.touchpoints, total))
+            decoders = {topics.touchpoints: StructDeserializer(TouchpointRecord, "Touchpoint")}
+            ceilings["consume_only_s"] = asyncio.run(
+                consume_only(kafka.bootstrap, decoders, total, max_partition_fetch_bytes=4 << 20)
+            )
             print("write-only ceiling (the engine's rows through save_batch, no Kafka)...", flush=True)
             ceilings["write_only_s"] = asyncio.run(
                 write_only(postgres.url, _journey, CUSTOMERS, PER_CUSTOMER, BATCH, topics.stage_changes)
