@@ -55,9 +55,10 @@ async def write_only(
         began = time.monotonic()
         for step in range(steps):
             template, changes = effects[step]
+            previous = effects[step - 1][0] if step else None
             for first in range(0, customers, batch):
                 ids = [f"cust-{c}" for c in range(first, min(first + batch, customers))]
-                state = _batch_state(ids, step, template, changes)
+                state = _batch_state(ids, step, template, changes, previous)
                 async with transaction(db) as conn:
                     await save_batch(conn, state, rules, topic, datetime.now(UTC))
         return time.monotonic() - began
@@ -68,12 +69,19 @@ async def write_only(
 
 
 def _batch_state(
-    ids: Sequence[str], step: int, template: CustomerState, changes: list[Change | Merged | Erased]
+    ids: Sequence[str],
+    step: int,
+    template: CustomerState,
+    changes: list[Change | Merged | Erased],
+    previous: CustomerState | None,
 ) -> BatchState:
+    """What the engine holds after applying ``step``: each customer's state, as loaded and as changed."""
     state = BatchState({}, {}, set())
     for customer_id in ids:
         customer = msgspec.structs.replace(template, customer_id=customer_id)
         state.customers[customer_id] = customer
+        if previous is not None:
+            state.loaded[customer_id] = msgspec.structs.replace(previous, customer_id=customer_id)
         state.touched.add(customer_id)
         state.new_processed.append(f"bench-{customer_id}-{step}")
         first = customer.sequence - len(changes)

@@ -5,17 +5,21 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from sqlalchemy import text
 
 from clm_shared.db import create_engine, service_schema
 from clm_shared.settings import Settings
+from stage_engine.stored_state import load_state
 
 
 async def snapshot(settings: Settings, clock: datetime | None = None) -> dict[str, Any]:
     engine = create_engine(settings.database_url, schema=service_schema(settings, "stage-engine"), pool_size=1)
     try:
         async with engine.connect() as conn:
-            customers = {r[0]: r[1] for r in await conn.execute(text("SELECT customer_id, state FROM customers"))}
+            rows = await conn.execute(text("SELECT customer_id, state FROM customers"))
+            # As plain JSON values (the stored bytes are MessagePack): comparable, and readable in a diff.
+            customers = {r[0]: msgspec.to_builtins(load_state(r[1])) for r in rows}
             rows = await conn.execute(text("SELECT alias_id, customer_id FROM identities"))
             identities: dict[str, str] = {alias: canonical for alias, canonical in rows}
             history = [

@@ -22,7 +22,15 @@ from clm_shared.outbox import OutboxRelay, wait_any
 from clm_shared.schemas.touchpoint import Touchpoint, TouchpointRecord
 from clm_shared.transactions import transaction
 from stage_engine.batch import BatchState, apply_batch, apply_clock, ids_needed
-from stage_engine.repository import DEDUP, OUTBOX, claim_due_timers, load_batch, load_customers, save_batch
+from stage_engine.repository import (
+    DEDUP,
+    OUTBOX,
+    claim_due_timers,
+    load_batch,
+    load_customers,
+    reschedule,
+    save_batch,
+)
 from stage_engine.rules import Rules
 
 log = structlog.get_logger(__name__)
@@ -71,9 +79,12 @@ class StageEngine:
             due = await claim_due_timers(db, now, self.timer_batch)
             if not due:
                 return 0
-            state = BatchState(await load_customers(db, due), {}, set())
+            loaded = await load_customers(db, due)
+            state = BatchState(dict(loaded), {}, set(), loaded=loaded)
             apply_clock(due, now, state, self.rules)
             await save_batch(db, state, self.rules, self.stage_changes_topic, now)
+            # A timer may fire before anything is due (activity moved it later): set each one exactly.
+            await reschedule(db, due, state.customers, self.rules)
         self._count(state)
         return len(due)
 

@@ -7,7 +7,7 @@ The dedup table, outbox and timers are the consumer toolkit's (``clm_shared``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
 from clm_shared.dedup import Dedup
@@ -60,7 +60,7 @@ async def load_customers(db: Db, ids: Iterable[str]) -> dict[str, CustomerState]
     wanted = list(ids)
     if not wanted:
         return {}
-    rows = await db.fetch("SELECT state::text FROM customers WHERE customer_id = ANY($1::text[])", wanted)
+    rows = await db.fetch("SELECT state FROM customers WHERE customer_id = ANY($1::text[])", wanted)
     states = [load_state(row[0]) for row in rows]
     return {state.customer_id: state for state in states}
 
@@ -73,15 +73,15 @@ async def save_batch(db: Db, state: BatchState, rules: Rules, topic: str, now: d
         await db.execute(
             """
             INSERT INTO customers (customer_id, stage, health, state, updated_at)
-            SELECT u.id, u.stage, u.health, u.state::jsonb, now()
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(id, stage, health, state)
+            SELECT u.id, u.stage, u.health, u.state, now()
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[]) AS u(id, stage, health, state)
             ON CONFLICT (customer_id) DO UPDATE
             SET stage = excluded.stage, health = excluded.health, state = excluded.state, updated_at = now()
             """,
             [c.customer_id for c in touched],
             [c.stage.value if c.stage else None for c in touched],
             [c.health.value for c in touched],
-            [dump_state(c).decode() for c in touched],
+            [dump_state(c) for c in touched],
         )
     if state.removed:
         removed = list(state.removed)
@@ -114,13 +114,48 @@ async def save_batch(db: Db, state: BatchState, rules: Rules, topic: str, now: d
             "history", records=[to_history_record(item) for item in state.emitted], columns=HISTORY_COLUMNS
         )
         await OUTBOX.add(db, [to_record(item, topic) for item in state.emitted])
-    await save_timers(db, touched, rules)
+    await save_timers(db, touched, rules, state.loaded)
 
 
-async def save_timers(db: Db, touched: Sequence[CustomerState], rules: Rules) -> None:
-    due = {c.customer_id: next_timer(c, rules) for c in touched}
-    await TIMERS.schedule(db, {cid: at for cid, at in due.items() if at is not None})
-    await TIMERS.cancel(db, [cid for cid, at in due.items() if at is None])
+async def save_timers(
+    db: Db, touched: Sequence[CustomerState], rules: Rules, loaded: Mapping[str, CustomerState]
+) -> None:
+    """Keep every customer's timer at or before the moment the clock next matters for them.
+
+    A timer is written only when it appears, disappears or moves earlier. Activity, which moves it
+    later on almost every touchpoint, leaves the stored one as it is: that one fires early, finds
+    nothing to do (inactivity is judged from the state, not from when the timer fired) and is then
+    set to the exact time (``reschedule``). One timer write per customer and quiet spell instead of
+    one per touchpoint.
+    """
+    schedule: dict[str, datetime] = {}
+    cancel: list[str] = []
+    for customer in touched:
+        due = next_timer(customer, rules)
+        before = loaded.get(customer.customer_id)
+        stored = next_timer(before, rules) if before is not None else None
+        if due is None:
+            if stored is not None:
+                cancel.append(customer.customer_id)
+        elif stored is None or due < stored:
+            schedule[customer.customer_id] = due
+    await TIMERS.schedule(db, schedule)
+    await TIMERS.cancel(db, cancel)
+
+
+async def reschedule(db: Db, fired: Iterable[str], customers: Mapping[str, CustomerState], rules: Rules) -> None:
+    """Fired timers set to exactly when each customer's clock next matters (or removed)."""
+    schedule: dict[str, datetime] = {}
+    cancel: list[str] = []
+    for customer_id in fired:
+        customer = customers.get(customer_id)
+        due = next_timer(customer, rules) if customer is not None else None
+        if due is None:
+            cancel.append(customer_id)
+        else:
+            schedule[customer_id] = due
+    await TIMERS.schedule(db, schedule)
+    await TIMERS.cancel(db, cancel)
 
 
 async def claim_due_timers(db: Db, now: datetime, limit: int) -> list[str]:

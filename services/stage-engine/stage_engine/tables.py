@@ -10,6 +10,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -17,7 +18,6 @@ from sqlalchemy import (
     func,
     true,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 
 from clm_shared.consumer_tables import dedup_table, outbox_table, timers_table
 
@@ -29,10 +29,11 @@ customers = Table(
     Column("customer_id", Text, primary_key=True),
     Column("stage", String(20), nullable=True),
     Column("health", String(20), nullable=False),
-    Column("state", JSONB, nullable=False),
+    Column("state", LargeBinary, nullable=False),  # MessagePack (stage_engine.stored_state)
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("customers_stage_idx", "stage", "customer_id"),
     Index("customers_health_idx", "health", "customer_id"),
+    postgresql_with={"fillfactor": 70},
 )
 
 # Every id a customer is known by besides their canonical id (anonymous ids after a merge).
