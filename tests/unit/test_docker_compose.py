@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from clm_cli.infra.postgres import SERVER_SETTINGS
 from clm_cli.stack import SERVICES
 from clm_shared.settings import Settings
 
@@ -71,3 +72,12 @@ def test_broker_and_database_data_live_in_declared_named_volumes(compose: dict[s
     assert compose["services"]["stage-engine"]["volumes"] == ["stage-engine-data:/data"]
     assert compose["services"]["stage-engine"]["environment"]["CLM_DATA_DIR"] == "/data"
     assert set(compose["volumes"]) == mounted | {"stage-engine-data"}
+
+
+def test_postgres_runs_with_the_settings_of_the_native_launcher(compose: dict[str, Any]) -> None:
+    command = compose["services"]["postgres"]["command"]
+    given = {arg.split("=", 1)[0]: arg.split("=", 1)[1] for arg in command[2::2]}
+    assert command[0] == "postgres"
+    assert set(command[1::2]) == {"-c"}
+    # fsync is the server's default; the launcher names it so that no local config can turn it off.
+    assert given == {name: value for name, value in SERVER_SETTINGS.items() if name != "fsync"}
