@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -151,3 +153,72 @@ async def consume_only(
     finally:
         await consumer.stop()
     return time.monotonic() - began
+
+
+class CpuShares:
+    """CPU used by each kind of process on the machine while it runs (Linux ``/proc``, sampled every 0.5 s).
+
+    Kinds come from the command line: PostgreSQL, the Kafka broker, and each ``python -m <service>``
+    (with its worker processes); everything else, the benchmark itself included, is `other`. A
+    process that starts and ends between two samples is missed, which the long-lived servers and
+    services measured here do not do.
+    """
+
+    def __init__(self, services: Sequence[str]) -> None:
+        self._services = services
+        self._last: dict[tuple[int, int], float] = {}
+        self.seconds: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._began = 0.0
+        self.elapsed = 0.0
+
+    def __enter__(self) -> CpuShares:
+        self._began = time.monotonic()
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.elapsed = time.monotonic() - self._began
+
+    def shares(self) -> dict[str, float]:
+        """Each kind's CPU as a share of one core over the window (1.0 = a whole core)."""
+        return {kind: seconds / self.elapsed for kind, seconds in sorted(self.seconds.items(), key=lambda i: -i[1])}
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._sample()
+
+    def _kind(self, pid: str, depth: int = 0) -> str:
+        """By command line, else the parent's kind (uvicorn's workers are spawned without the module name)."""
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        except OSError:
+            return "other"
+        if "postgres" in command:
+            return "postgres"
+        if "java" in command and "kafka" in command:
+            return "kafka"
+        for service in self._services:
+            if f"-m {service}" in command:
+                return service
+        return self._kind(parent, depth + 1) if depth < 3 and parent not in ("0", "1") else "other"
+
+    def _sample(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            key = (int(pid), int(fields[19]))  # pid and start time: a reused pid is another process
+            used = (int(fields[11]) + int(fields[12])) / tick
+            if key in self._last:
+                kind = self._kind(pid)
+                self.seconds[kind] = self.seconds.get(kind, 0.0) + used - self._last[key]
+            self._last[key] = used

@@ -3,12 +3,14 @@
 Consume-only: one aiokafka consumer fetching the whole backlog and decoding every record with the
 engine's own deserializer, no database. Write-only: the same number of customer, dedup, history and
 outbox rows, in the same batches, through the engine's own ``save_batch`` (the same COPY and upsert
-statements, and the same state and CloudEvent encoding), with no Kafka and no rules applied. The
+statements, and the same state and CloudEvent encoding), with no Kafka and no rules applied, on as
+many connections at once as the engine has processes. The
 engine's figure over the lower of the two says how much its own work (rules, loading, locking) costs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -44,23 +46,37 @@ def journey_effects(
 
 
 async def write_only(
-    database_url: str, journey: Callable[[int, int], Touchpoint], customers: int, steps: int, batch: int, topic: str
+    database_url: str,
+    journey: Callable[[int, int], Touchpoint],
+    customers: int,
+    steps: int,
+    batch: int,
+    topic: str,
+    writers: int = 1,
 ) -> float:
-    """Seconds to write what the engine writes for the backlog, batch by batch, through ``save_batch``."""
+    """Seconds to write what the engine writes for the backlog, batch by batch, through ``save_batch``.
+
+    ``writers`` connections write at once, each its own share of the customers, as that many engine
+    processes would (their PostgreSQL work overlaps; the encoding runs in this one process).
+    """
     effects = journey_effects(journey, steps)
     rules = load_rules()
-    db = create_engine(database_url, schema=WRITE_ONLY_SCHEMA, pool_size=1)
+    db = create_engine(database_url, schema=WRITE_ONLY_SCHEMA, pool_size=writers)
     try:
         await apply_migrations(db, script_location=MIGRATIONS, schema=WRITE_ONLY_SCHEMA)
+
+        async def write(share: int) -> None:
+            for step in range(steps):
+                template, changes = effects[step]
+                previous = effects[step - 1][0] if step else None
+                for first in range(share * batch, customers, batch * writers):
+                    ids = [f"cust-{c}" for c in range(first, min(first + batch, customers))]
+                    state = _batch_state(ids, step, template, changes, previous)
+                    async with transaction(db) as conn:
+                        await save_batch(conn, state, rules, topic, datetime.now(UTC))
+
         began = time.monotonic()
-        for step in range(steps):
-            template, changes = effects[step]
-            previous = effects[step - 1][0] if step else None
-            for first in range(0, customers, batch):
-                ids = [f"cust-{c}" for c in range(first, min(first + batch, customers))]
-                state = _batch_state(ids, step, template, changes, previous)
-                async with transaction(db) as conn:
-                    await save_batch(conn, state, rules, topic, datetime.now(UTC))
+        await asyncio.gather(*(write(share) for share in range(writers)))
         return time.monotonic() - began
     finally:
         async with db.begin() as conn:

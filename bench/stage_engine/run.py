@@ -7,7 +7,7 @@ ingest's 200 to the `discovery` change on `clm.stage-changes.v1`. Prints the fig
 them to bench/results/. Before the engine starts, the same run measures two ceilings on the same
 backlog (``bench.stage_engine.ceilings``: consume-only and write-only) and prints the engine's ratio to
 the lower one; BENCH_CEILINGS=0 skips them. Sizes: BENCH_CUSTOMERS (100,000), BENCH_EVENTS_PER_CUSTOMER
-(10), BENCH_RATE (2,000 events/s), BENCH_SECONDS (20).
+(10), BENCH_RATE (2,000 events/s), BENCH_SECONDS (20); BENCH_ENGINE_WORKERS (2) engine processes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from bench.harness import consume_only, end_offsets, scratch_infra, wait_consumed, wait_ready, write_results
+from bench.harness import CpuShares, consume_only, end_offsets, scratch_infra, wait_consumed, wait_ready, write_results
 from bench.stage_engine.ceilings import write_only
 from clm_cli.infra.process import free_port
 from clm_shared.categories import categorize
@@ -45,7 +45,7 @@ CUSTOMERS = int(os.environ.get("BENCH_CUSTOMERS", "100000"))
 PER_CUSTOMER = int(os.environ.get("BENCH_EVENTS_PER_CUSTOMER", "10"))
 RATE = int(os.environ.get("BENCH_RATE", "2000"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "20"))
-WORKERS = int(os.environ.get("BENCH_ENGINE_WORKERS", "1"))
+WORKERS = int(os.environ.get("BENCH_ENGINE_WORKERS", "2"))  # one per core of the 2-core machine
 CEILINGS = os.environ.get("BENCH_CEILINGS", "1") != "0"
 BATCH = 2000  # the engine's default CLM_STAGE_ENGINE_BATCH_SIZE
 PARTITIONS = 6
@@ -64,9 +64,14 @@ JOURNEY = [
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU a process has used so far (Linux): robust to other work on a shared machine."""
+    """User and system CPU a process and its live children (the engine's workers) have used so far (Linux).
+
+    Robust to other work on a shared machine, unlike the wall-clock rate.
+    """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = (Path(f"/proc/{pid}/task") / tid / "children" for tid in os.listdir(f"/proc/{pid}/task"))
+    return own + sum(cpu_seconds(int(child)) for path in children for child in path.read_text().split())
 
 
 def backlog_touchpoint(customer: int, step: int, start: datetime) -> Touchpoint:
@@ -200,7 +205,7 @@ def main() -> None:
             )
             print("write-only ceiling (the engine's rows through save_batch, no Kafka)...", flush=True)
             ceilings["write_only_s"] = asyncio.run(
-                write_only(postgres.url, _journey, CUSTOMERS, PER_CUSTOMER, BATCH, topics.stage_changes)
+                write_only(postgres.url, _journey, CUSTOMERS, PER_CUSTOMER, BATCH, topics.stage_changes, WORKERS)
             )
         engine_port, ingest_port = free_port(), free_port()
         env = {
@@ -220,8 +225,9 @@ def main() -> None:
             began = time.monotonic()
             processes.append(subprocess.Popen([sys.executable, "-m", "stage_engine"], env=env, stdout=log, stderr=log))
             print("catching up...", flush=True)
-            # Done when the group has committed every offset: nothing in the database is polled meanwhile.
-            asyncio.run(wait_consumed(kafka.bootstrap, {GROUP_ID: [topics.touchpoints]}, ends, timeout_s=3600))
+            with CpuShares(["stage_engine"]) as cpu:
+                # Done when the group has committed every offset: nothing in the database is polled meanwhile.
+                asyncio.run(wait_consumed(kafka.bootstrap, {GROUP_ID: [topics.touchpoints]}, ends, timeout_s=3600))
             catch_up_s = time.monotonic() - began
             engine_cpu_s = cpu_seconds(processes[0].pid)
             print(
@@ -264,6 +270,9 @@ def main() -> None:
     print(
         f"  engine CPU      : {engine_cpu_s / total * 1e6:9.0f} us per event ({engine_cpu_s:.1f} s of CPU in catch-up)"
     )
+    shares = cpu.shares()
+    summary["cpu_share_of_a_core"] = shares
+    print("  CPU in catch-up : " + ", ".join(f"{kind} {share:.0%}" for kind, share in shares.items()) + " of a core")
     if ceilings:
         consume, write = total / ceilings["consume_only_s"], total / ceilings["write_only_s"]
         lower = min(consume, write)

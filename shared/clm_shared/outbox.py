@@ -70,6 +70,9 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
+            # Losing this delete in a crash only publishes the rows again (same ids), which the relay
+            # allows anyway: no need to wait for the WAL flush, one fewer wait per round.
+            await db.execute("SET LOCAL synchronous_commit = off")
             await self.publisher.publish_many(
                 [
                     OutgoingRecord(
