@@ -19,6 +19,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -111,7 +112,7 @@ async def write_backlog(bootstrap: str, topic: str) -> float:
     return time.monotonic() - began
 
 
-async def latency_run(base: str, key: str, bootstrap: str, topic: str) -> dict[str, float]:
+async def latency_run(base: str, key: str, bootstrap: str, topic: str) -> dict[str, Any]:
     """New customers' first touchpoints at RATE events/s in 20-event batches; ack to change latency."""
     acked: dict[str, float] = {}
     seen: dict[str, float] = {}
@@ -169,7 +170,14 @@ async def latency_run(base: str, key: str, bootstrap: str, topic: str) -> dict[s
     latencies = sorted(max(0.0, seen[m] - acked[m]) * 1000 for m in acked if m in seen)
     if not latencies:
         raise SystemExit("no stage change was observed")
+    # p99 per 5 s of the run: tells a stall at one moment (the catch-up's aftermath) from a steady cost.
+    windows: dict[int, list[float]] = {}
+    for m, at in acked.items():
+        if m in seen:
+            windows.setdefault(int((at - began) // 5), []).append(max(0.0, seen[m] - at) * 1000)
+    p99_by_window = [sorted(w)[max(0, int(len(w) * 0.99) - 1)] for _, w in sorted(windows.items())]
     return {
+        "p99_ms_by_5s": p99_by_window,
         "events": len(acked),
         "timed_out_requests": len(failed),
         "observed": len(latencies),
@@ -286,6 +294,7 @@ def main() -> None:
         f" max {latency['max_ms']:.1f} ms at {RATE:,} events/s"
         f" ({latency['observed']:,} of {latency['events']:,} observed)"
     )
+    print("  p99 per 5 s    : " + ", ".join(f"{p99:.0f}" for p99 in latency["p99_ms_by_5s"]) + " ms")
     write_results("stage-engine", summary)
 
 
