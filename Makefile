@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/python -m bench.stage_engine.preview
 	$(BIN)/python -m bench.metrics.run
 	$(BIN)/python -m bench.campaigns.run
+	$(BIN)/python -m bench.e2e.run
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -24,7 +24,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from clm_cli.infra.kafka import KafkaServer
 from clm_cli.infra.postgres import PostgresServer
 from clm_cli.infra.process import free_port, two_free_ports
+from clm_shared.db import create_engine
 from clm_shared.kafka.admin import partitions_of
+from clm_shared.migrations import apply_migrations
+from ingest.app import MIGRATIONS as INGEST_MIGRATIONS
+from ingest.keys import create_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -222,3 +226,13 @@ class CpuShares:
                 kind = self._kind(pid)
                 self.seconds[kind] = self.seconds.get(kind, 0.0) + used - self._last[key]
             self._last[key] = used
+
+
+async def ingest_key(database_url: str) -> str:
+    """A new write key in ingest's schema (migrated first), for a benchmark's requests."""
+    engine = create_engine(database_url, schema="ingest", pool_size=1)
+    try:
+        await apply_migrations(engine, script_location=INGEST_MIGRATIONS, schema="ingest")
+        return await create_key(engine, name=f"bench-{time.time_ns()}")
+    finally:
+        await engine.dispose()
