@@ -160,21 +160,26 @@ async def consume_only(
 
 
 class CpuShares:
-    """CPU used by each kind of process on the machine while it runs (Linux ``/proc``, sampled every 0.5 s).
+    """CPU used by each kind of process while it runs (Linux ``/proc``, sampled every 0.5 s).
 
     Kinds come from the command line: PostgreSQL, the Kafka broker, and each ``python -m <service>``
-    (with its worker processes); everything else, the benchmark itself included, is `other`. A
+    (with its worker processes). Only this benchmark's processes are named: those below this process
+    or whose command line (or a parent's) holds ``scope``, the benchmark's scratch folder (PostgreSQL
+    detaches from its starter). The benchmark's own load generators and harness are `harness`;
+    anything else on the machine, another benchmark's broker included, is `not this benchmark`. A
     process that starts and ends between two samples is missed, which the long-lived servers and
     services measured here do not do.
     """
 
-    def __init__(self, services: Sequence[str]) -> None:
+    def __init__(self, services: Sequence[str], scope: Path) -> None:
         self._services = services
+        self._scope = str(scope)
         self._last: dict[tuple[int, int], float] = {}
         self.seconds: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._began = 0.0
+        self._sampled = False
         self.elapsed = 0.0
 
     def __enter__(self) -> CpuShares:
@@ -197,13 +202,26 @@ class CpuShares:
         while not self._stop.wait(0.5):
             self._sample()
 
-    def _kind(self, pid: str, depth: int = 0) -> str:
-        """By command line, else the parent's kind (uvicorn's workers are spawned without the module name)."""
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
-        except OSError:
-            return "other"
+    def _kind(self, pid: str) -> str:
+        """The first kind named on the way up the process tree, if that way passes through this benchmark."""
+        kind = None
+        ours = False
+        for _ in range(6):
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            except OSError:
+                break
+            ours = ours or pid == str(os.getpid()) or self._scope in command
+            kind = kind or self._named(command)
+            if ours or parent in ("0", "1"):
+                break
+            pid = parent
+        if not ours:
+            return "not this benchmark"
+        return kind or "harness"
+
+    def _named(self, command: str) -> str | None:
         if "postgres" in command:
             return "postgres"
         if "java" in command and "kafka" in command:
@@ -211,7 +229,7 @@ class CpuShares:
         for service in self._services:
             if f"-m {service}" in command:
                 return service
-        return self._kind(parent, depth + 1) if depth < 3 and parent not in ("0", "1") else "other"
+        return None
 
     def _sample(self) -> None:
         tick = os.sysconf("SC_CLK_TCK")
@@ -222,10 +240,13 @@ class CpuShares:
                 continue
             key = (int(pid), int(fields[19]))  # pid and start time: a reused pid is another process
             used = (int(fields[11]) + int(fields[12])) / tick
-            if key in self._last:
+            # A process first seen after the first sample started in the window: all its CPU counts.
+            before = self._last.get(key, 0.0 if self._sampled else None)
+            if before is not None:
                 kind = self._kind(pid)
-                self.seconds[kind] = self.seconds.get(kind, 0.0) + used - self._last[key]
+                self.seconds[kind] = self.seconds.get(kind, 0.0) + used - before
             self._last[key] = used
+        self._sampled = True
 
 
 async def ingest_key(database_url: str) -> str:

@@ -182,12 +182,12 @@ def main() -> None:
             ingest = f"http://127.0.0.1:{ports['ingest']}"
             script = lua_script(infra.scratch / "journey.lua", key)
             print(f"load: wrk, {CONNECTIONS} connections, 100-event batches, {SECONDS} s...", flush=True)
-            with CpuShares(SERVICE_MODULES) as load_cpu:
+            with CpuShares(SERVICE_MODULES, infra.scratch) as load_cpu:
                 began = time.monotonic()
                 load = run_wrk(ingest, script)
                 load_s = time.monotonic() - began
             print("draining: until the engine, metrics and campaigns have processed everything...", flush=True)
-            with CpuShares(SERVICE_MODULES) as drain_cpu:
+            with CpuShares(SERVICE_MODULES, infra.scratch) as drain_cpu:
                 touchpoint_ends = asyncio.run(end_offsets(kafka.bootstrap, [topics.touchpoints]))
                 asyncio.run(wait_consumed(kafka.bootstrap, {ENGINE_GROUP: [topics.touchpoints]}, touchpoint_ends, 3600))
                 engine_s = time.monotonic() - began
@@ -217,7 +217,7 @@ def main() -> None:
             on_topic = sum(touchpoint_ends.values())
             changes = sum(change_ends.values())
             print(f"latency at {RATE:,} events/s for {LATENCY_SECONDS} s...", flush=True)
-            with CpuShares(SERVICE_MODULES) as latency_cpu:
+            with CpuShares(SERVICE_MODULES, infra.scratch) as latency_cpu:
                 latency = asyncio.run(
                     latency_run(ingest, key, kafka.bootstrap, topics.stage_changes, RATE, LATENCY_SECONDS)
                 )

@@ -149,7 +149,7 @@ def main() -> None:
             began = time.monotonic()
             processes.append(subprocess.Popen([sys.executable, "-m", "stage_engine"], env=env, stdout=log, stderr=log))
             print("catching up...", flush=True)
-            with CpuShares(["stage_engine"]) as cpu:
+            with CpuShares(["stage_engine"], infra.scratch) as cpu:
                 # Done when the group has committed every offset: nothing in the database is polled meanwhile.
                 asyncio.run(wait_consumed(kafka.bootstrap, {GROUP_ID: [topics.touchpoints]}, ends, timeout_s=3600))
             catch_up_s = time.monotonic() - began
