@@ -288,7 +288,9 @@ def _channel(topic: str, spec: ChannelSpec, messages: dict[str, dict[str, Any]])
 
 def _operation(flow: Flow) -> dict[str, Any]:
     spec = CHANNELS[flow.topic]
-    if flow.action == "send":
+    if flow.action == "send" and spec.dead_letters_of is not None:
+        summary = f"{flow.service} dead-letters here the records it could not process."
+    elif flow.action == "send":
         summary = f"{flow.service} publishes to {flow.topic}."
     else:
         summary = f"{flow.service} consumes {flow.topic} as consumer group `{flow.group}`."
