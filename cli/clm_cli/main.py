@@ -11,6 +11,7 @@ from typing import TypeVar
 import typer
 from rich.console import Console
 
+from clm_cli.contracts import contracts_app
 from clm_cli.infra.browser import install_chromium
 from clm_cli.infra.postgres import install_server
 from clm_cli.infra.process import InfraError
@@ -33,6 +34,7 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(stage_engine_app, name="stage-engine")
 app.add_typer(metrics_app, name="metrics")
 app.add_typer(mail_app, name="mail")
+app.add_typer(contracts_app, name="contracts")
 
 console = Console(stderr=True)
 T = TypeVar("T")
