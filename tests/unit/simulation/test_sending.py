@@ -116,3 +116,5 @@ def test_the_command_needs_a_write_key_and_a_dry_run_needs_none() -> None:
     assert missing.exit_code == 2 and "clm keys create" in missing.output
     bad = runner.invoke(app, ["simulate", "--dry-run", "--set", "abandon_cart=2"])
     assert bad.exit_code == 2 and "abandon_cart" in bad.output
+    listed = runner.invoke(app, ["simulate", "--tunables"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0 and "abandon_cart" in listed.output and "win_back" in listed.output
