@@ -17,6 +17,7 @@ from typing import Any
 
 from cloudevents.core.bindings.kafka import KafkaMessage
 
+from clm_cli.simulation.scores import csat_score, nps_score
 from clm_shared.categories import categorize
 from clm_shared.cloudevents import encode
 from clm_shared.schemas.lifecycle import EventType, Health, HealthChanged, Stage, StageChanged
@@ -87,9 +88,9 @@ def _properties(event: str, rng: random.Random) -> dict[str, Any]:
     if event == "Social Impression":
         return {"impressions": rng.randint(1, 500)}
     if event == "NPS Survey Answered":
-        return {"score": rng.choices(range(11), weights=[1, 1, 1, 1, 1, 2, 3, 5, 8, 8, 6])[0]}
+        return {"score": nps_score(rng)}
     if event == "CSAT Survey Answered":
-        return {"score": rng.choices(range(1, 6), weights=[1, 1, 2, 4, 4])[0]}
+        return {"score": csat_score(rng)}
     if event == "Affiliate Sale":
         return {"revenue": round(rng.uniform(5, 80), 2)}
     return {}

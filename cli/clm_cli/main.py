@@ -16,6 +16,7 @@ from clm_cli.infra.browser import install_chromium
 from clm_cli.infra.postgres import install_server
 from clm_cli.infra.process import InfraError
 from clm_cli.mail import mail_app
+from clm_cli.simulate import simulate
 from clm_cli.stack import LocalStack, create_topics, migrate_all, prepare
 from clm_cli.supervisor import Supervisor, stop_services
 from clm_cli.tokens import tokens_app
@@ -35,6 +36,7 @@ app.add_typer(stage_engine_app, name="stage-engine")
 app.add_typer(metrics_app, name="metrics")
 app.add_typer(mail_app, name="mail")
 app.add_typer(contracts_app, name="contracts")
+app.command("simulate")(simulate)
 
 console = Console(stderr=True)
 T = TypeVar("T")

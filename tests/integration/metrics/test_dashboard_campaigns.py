@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from campaigns.app import create_app as create_campaigns
@@ -21,26 +19,8 @@ from clm_shared.settings import Settings
 from clm_shared.topics import Topics
 from clm_shared.transactions import transaction
 from metrics.app import create_app as create_metrics
+from tests.utils.serving import served
 from tests.utils.tokens import bearer, create_api_token
-
-
-@contextmanager
-def served(app: FastAPI) -> Iterator[str]:
-    """``app`` served by uvicorn (lifespan included) on a free port, on a thread and event loop of its own."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="campaigns-under-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the campaigns service did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @asynccontextmanager
@@ -59,7 +39,7 @@ async def test_the_dashboard_gets_sent_converted_and_uplift_from_the_campaigns_s
     settings: Settings, topics: Topics
 ) -> None:
     campaigns_app = create_campaigns(settings)
-    with served(campaigns_app) as campaigns_url:
+    with served(campaigns_app, "campaigns") as campaigns_url:
         # Both services share the test's access schema, so metrics' read token is one campaigns accepts.
         async with metrics_client(settings, campaigns_url) as (metrics, metrics_app):
             # Created before campaigns first looks tokens up: it reloads on an unknown one at most once a second.

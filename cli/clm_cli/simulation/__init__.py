@@ -1,0 +1,1 @@
+"""`clm simulate`: a seeded model of a shop's traffic (pure) and a paced sender to the ingest API."""
