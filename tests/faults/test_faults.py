@@ -37,7 +37,13 @@ def infra() -> Iterator[Infra]:
 
 @pytest.fixture(scope="module")
 def undisturbed(infra: Infra) -> Outcome:
-    return asyncio.run(run_traffic(infra, "undisturbed", None)).outcome
+    outcome = asyncio.run(run_traffic(infra, "undisturbed", None)).outcome
+    # What the comparisons stand on: every call applied, changes published, mail sent, orders measured.
+    assert outcome.processed == sum(len(batch) for batch in shop_traffic(CUSTOMERS, START))
+    assert len(outcome.changes) >= 4 * CUSTOMERS
+    assert len(outcome.mails) >= CUSTOMERS
+    assert outcome.metrics["funnel"]["stages"][-1]["reached"] == CUSTOMERS
+    return outcome
 
 
 class Run:
