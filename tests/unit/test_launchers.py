@@ -11,6 +11,8 @@ import pytest
 from clm_cli.infra.kafka import KafkaCluster, KafkaServer
 from clm_cli.infra.postgres import PostgresServer
 from clm_cli.infra.process import InfraError, free_port
+from clm_cli.stack import LocalStack
+from clm_shared.settings import Settings
 
 
 @pytest.fixture
@@ -83,3 +85,14 @@ def test_a_single_server_stays_its_own_standalone_quorum(tmp_path: Path) -> None
     assert conf["controller.quorum.bootstrap.servers"] == "127.0.0.1:20001"
     assert "controller.quorum.voters" not in conf
     assert conf["min.insync.replicas"] == conf["offsets.topic.replication.factor"] == "1"
+
+
+def test_clm_up_runs_a_cluster_when_told_to_and_none_when_one_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CLM_KAFKA_BOOTSTRAP", raising=False)
+    cluster = LocalStack(Settings(kafka_brokers=3, data_dir=tmp_path)).kafka()
+    assert isinstance(cluster, KafkaCluster)
+    assert cluster.bootstrap == "127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096"
+    assert isinstance(LocalStack(Settings(data_dir=tmp_path)).kafka(), KafkaServer)
+    assert LocalStack(Settings(kafka_bootstrap="a:9092,b:9092,c:9092", kafka_brokers=3)).kafka() is None
