@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from clm_cli.infra.kafka import KafkaServer
+from clm_cli.infra.kafka import KafkaCluster, KafkaServer
 from clm_cli.infra.postgres import PostgresServer
 from clm_shared.access.tokens import migrate_access
 from clm_shared.db import create_engine, service_schema
@@ -49,10 +49,18 @@ class LocalStack:
 
     settings: Settings
 
-    def kafka(self) -> KafkaServer | None:
+    def kafka(self) -> KafkaServer | KafkaCluster | None:
         if "kafka_bootstrap" in self.settings.model_fields_set:
             return None
         port = int(self.settings.kafka_bootstrap.split(",")[0].rpartition(":")[2])
+        if self.settings.kafka_brokers > 1:
+            return KafkaCluster(
+                cache_dir=self.settings.cache_dir,
+                data_dir=self.settings.data_dir / "kafka-cluster",
+                port=port,
+                brokers=self.settings.kafka_brokers,
+                heap_mb=self.settings.kafka_heap_mb,
+            )
         return KafkaServer(
             cache_dir=self.settings.cache_dir,
             data_dir=self.settings.data_dir / "kafka",

@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".data"), description="Where `clm up` keeps Kafka and PostgreSQL data.")
     cache_dir: Path = Field(Path(".cache"), description="Where `clm` keeps downloads (the Kafka jars).")
     kafka_heap_mb: int = Field(512, ge=128, le=8192, description="JVM heap of the local Kafka broker.")
+    kafka_brokers: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="Brokers `clm up` runs here (a KRaft cluster on consecutive port pairs from the bootstrap port).",
+    )
     admin_token: SecretStr | None = Field(
         None,
         description="An admin API token accepted besides the stored ones (else `<data_dir>/admin-token`).",

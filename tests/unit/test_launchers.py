@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from clm_cli.infra.kafka import KafkaServer
+from clm_cli.infra.kafka import KafkaCluster, KafkaServer
 from clm_cli.infra.postgres import PostgresServer
 from clm_cli.infra.process import InfraError, free_port
+from clm_cli.stack import LocalStack
+from clm_shared.settings import Settings
 
 
 @pytest.fixture
@@ -56,3 +58,41 @@ def test_free_ports_are_below_the_range_outgoing_connections_take_theirs_from() 
         for candidate in (port, port + 1):
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", candidate))  # both really are free
+
+
+def _properties(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_a_three_node_cluster_is_one_static_quorum_with_three_copies_and_two_in_sync(tmp_path: Path) -> None:
+    cluster = KafkaCluster(cache_dir=tmp_path / "cache", data_dir=tmp_path / "kafka", port=20000)
+    assert cluster.bootstrap == "127.0.0.1:20000,127.0.0.1:20002,127.0.0.1:20004"
+    for node in cluster.nodes:
+        conf = _properties(node._configure())
+        assert conf["node.id"] == str(node.node_id)
+        assert conf["controller.quorum.voters"] == "1@127.0.0.1:20001,2@127.0.0.1:20003,3@127.0.0.1:20005"
+        assert conf["listeners"] == f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.port + 1}"
+        assert conf["log.dirs"] == str(tmp_path / "kafka" / f"node-{node.node_id}" / "logs")
+        for name in ("default.replication.factor", "offsets.topic.replication.factor"):
+            assert conf[name] == "3"
+        assert conf["transaction.state.log.replication.factor"] == "3"
+        assert conf["min.insync.replicas"] == conf["transaction.state.log.min.isr"] == "2"
+
+
+def test_a_single_server_stays_its_own_standalone_quorum(tmp_path: Path) -> None:
+    conf = _properties(KafkaServer(cache_dir=tmp_path, data_dir=tmp_path / "kafka", port=20000)._configure())
+    assert conf["controller.quorum.bootstrap.servers"] == "127.0.0.1:20001"
+    assert "controller.quorum.voters" not in conf
+    assert conf["min.insync.replicas"] == conf["offsets.topic.replication.factor"] == "1"
+
+
+def test_clm_up_runs_a_cluster_when_told_to_and_none_when_one_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CLM_KAFKA_BOOTSTRAP", raising=False)
+    cluster = LocalStack(Settings(kafka_brokers=3, data_dir=tmp_path)).kafka()
+    assert isinstance(cluster, KafkaCluster)
+    assert cluster.bootstrap == "127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096"
+    assert isinstance(LocalStack(Settings(data_dir=tmp_path)).kafka(), KafkaServer)
+    assert LocalStack(Settings(kafka_bootstrap="a:9092,b:9092,c:9092", kafka_brokers=3)).kafka() is None

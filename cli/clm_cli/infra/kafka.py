@@ -1,4 +1,8 @@
-"""Apache Kafka (KRaft, one combined broker and controller) from Maven Central jars, as a local process."""
+"""Apache Kafka (KRaft, combined broker and controller nodes) from Maven Central jars, as local processes.
+
+One node (``KafkaServer``) for `clm up` and the tests; several (``KafkaCluster``) to run the replicated case
+(replication factor 3, ``min.insync.replicas`` 2) on one machine.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,20 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from clm_cli.infra.process import InfraError, port_in_use, read_pid, run, tail, terminate, write_pid
-from clm_shared.kafka.admin import broker_reachable
+from clm_cli.infra.process import InfraError, alive, port_in_use, read_pid, run, tail, terminate, write_pid
+from clm_shared.kafka.admin import broker_reachable, cluster_brokers, min_insync_replicas
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"
 SLF4J_VERSION = "2.0.17"
-CLUSTER_ID = "Y2xtLWxvY2FsLWNsdXN0ZXIx"  # fixed: a local single-node cluster formats once
+CLUSTER_ID = "Y2xtLWxvY2FsLWNsdXN0ZXIx"  # fixed: every node of a local cluster is formatted with the same id
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -43,10 +49,10 @@ logger.startup.name = kafka.server.KafkaRaftServer
 logger.startup.level = INFO
 """
 
-_PROPERTIES = """# Written by clm: one combined broker and controller for local runs and tests.
+_PROPERTIES = """# Written by clm: one combined broker and controller node for local runs and tests.
 process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}
+node.id={node_id}
+{quorum}
 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
 advertised.listeners=PLAINTEXT://127.0.0.1:{port}
 controller.listener.names=CONTROLLER
@@ -55,13 +61,15 @@ inter.broker.listener.name=PLAINTEXT
 log.dirs={log_dir}
 num.partitions=1
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
+default.replication.factor={replicas}
+min.insync.replicas={min_isr}
+offsets.topic.replication.factor={replicas}
 offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={replicas}
+transaction.state.log.min.isr={min_isr}
 transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor={replicas}
+share.coordinator.state.topic.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
 num.network.threads=2
 num.io.threads=4
@@ -71,12 +79,19 @@ log.retention.hours=168
 
 @dataclass
 class KafkaServer:
-    """One local broker: jars cached under ``cache_dir``, data and logs under ``data_dir``."""
+    """One local node: jars cached under ``cache_dir``, data and logs under ``data_dir``.
+
+    Alone it is its own quorum (``--standalone``); as a member of a ``KafkaCluster`` it gets the static
+    ``voters`` (node id, controller port) of every node and the cluster's replication factor.
+    """
 
     cache_dir: Path
     data_dir: Path
     port: int = 9092
     heap_mb: int = 512
+    node_id: int = 1
+    voters: tuple[tuple[int, int], ...] = ()
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         self.cache_dir = self.cache_dir.resolve()
@@ -154,8 +169,21 @@ class KafkaServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "log4j2.properties").write_text(_LOG4J2)
         properties = self.data_dir / "server.properties"
+        if self.voters:
+            voters = ",".join(f"{node}@127.0.0.1:{port}" for node, port in self.voters)
+            quorum = f"controller.quorum.voters={voters}"
+        else:
+            quorum = f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}"
         properties.write_text(
-            _PROPERTIES.format(port=self.port, controller_port=self.controller_port, log_dir=self.data_dir / "logs")
+            _PROPERTIES.format(
+                node_id=self.node_id,
+                quorum=quorum,
+                port=self.port,
+                controller_port=self.controller_port,
+                log_dir=self.data_dir / "logs",
+                replicas=self.replicas,
+                min_isr=min_insync_replicas(self.replicas),
+            )
         )
         return properties
 
@@ -173,6 +201,8 @@ class KafkaServer:
                 )
         properties = self._configure()
         if not (self.data_dir / "logs" / "meta.properties").exists():
+            # A static quorum (controller.quorum.voters) is formatted without naming the controllers.
+            standalone = [] if self.voters else ["--standalone"]
             run(
                 self._java(
                     "kafka.tools.StorageTool",
@@ -181,7 +211,7 @@ class KafkaServer:
                     CLUSTER_ID,
                     "-c",
                     str(properties),
-                    "--standalone",
+                    *standalone,
                     "--ignore-formatted",
                 ),
                 what="formatting Kafka storage",
@@ -215,7 +245,88 @@ class KafkaServer:
         if pid is None:
             return False
         terminate(pid, timeout_s=30)
+        self._forget(pid)
+        return True
+
+    def kill(self) -> bool:
+        """SIGKILL, as a crashed machine would end: no controlled shutdown, no leadership handed over."""
+        pid = self.running_pid()
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # the node leads a session of its own (start_new_session)
+        while alive(pid):
+            time.sleep(0.05)
+        self._forget(pid)
+        return True
+
+    def _forget(self, pid: int) -> None:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reap it when it was our own child
         self.pid_file.unlink(missing_ok=True)
-        return True
+
+
+@dataclass
+class KafkaCluster:
+    """``brokers`` combined nodes on one machine, node n on ``port + 2(n-1)`` (its controller on the next port).
+
+    Topics are replicated ``min(3, brokers)`` times and need two in-sync copies to acknowledge a write, so
+    one node may be killed without an acknowledged record being lost. Small heaps: it shares a laptop.
+    """
+
+    cache_dir: Path
+    data_dir: Path
+    port: int = 9092
+    brokers: int = 3
+    heap_mb: int = 320
+    nodes: list[KafkaServer] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
+        voters = tuple((n, self.port + 2 * (n - 1) + 1) for n in range(1, self.brokers + 1))
+        self.nodes = [
+            KafkaServer(
+                cache_dir=self.cache_dir,
+                data_dir=self.data_dir / f"node-{n}",
+                port=self.port + 2 * (n - 1),
+                heap_mb=self.heap_mb,
+                node_id=n,
+                voters=voters,
+                replicas=min(3, self.brokers),
+            )
+            for n in range(1, self.brokers + 1)
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    @property
+    def libs_dir(self) -> Path:
+        return self.nodes[0].libs_dir
+
+    def node(self, node_id: int) -> KafkaServer:
+        return self.nodes[node_id - 1]
+
+    def install(self) -> bool:
+        return self.nodes[0].install()
+
+    def start(self) -> bool:
+        """Start every node that is not running (formatting them side by side); False when all already were."""
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            return any(list(pool.map(KafkaServer.start, self.nodes)))
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Wait until every node answers and the cluster's metadata lists all of them."""
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes:
+            node.wait_ready(max(1.0, deadline - time.monotonic()))
+        while len(asyncio.run(cluster_brokers(self.bootstrap))) < self.brokers:
+            if time.monotonic() > deadline:
+                raise InfraError(f"the Kafka cluster did not list {self.brokers} brokers within {timeout_s:.0f}s")
+            time.sleep(0.25)
+
+    def stop(self) -> bool:
+        """Stop the nodes together: one by one, the last would wait for a quorum that is already gone."""
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            return any(list(pool.map(KafkaServer.stop, self.nodes)))

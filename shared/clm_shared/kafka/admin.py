@@ -11,16 +11,28 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 
+def min_insync_replicas(replicas: int) -> int:
+    """With three copies or more, a write is acknowledged once two have it: one broker may fail without loss."""
+    return 2 if replicas >= 3 else 1
+
+
 async def ensure_topics(
     bootstrap: str, partitions: Mapping[str, int], *, replication_factor: int = 1, timeout_s: float = 30.0
 ) -> None:
-    """Create the topics that do not exist yet; existing ones are left as they are."""
+    """Create the topics that do not exist yet; existing ones are left as they are.
+
+    Replicated topics get ``min.insync.replicas`` themselves rather than trusting the brokers' default,
+    so acks=all means two copies on a managed cluster too.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
     await asyncio.wait_for(admin.start(), timeout_s)
     try:
         existing = set(await admin.list_topics())
+        configs = (
+            {"min.insync.replicas": str(min_insync_replicas(replication_factor))} if replication_factor >= 3 else {}
+        )
         wanted = [
-            NewTopic(name, num_partitions=count, replication_factor=replication_factor)
+            NewTopic(name, num_partitions=count, replication_factor=replication_factor, topic_configs=configs)
             for name, count in partitions.items()
             if name not in existing
         ]
@@ -61,6 +73,19 @@ async def broker_reachable(bootstrap: str, timeout_s: float = 3.0) -> bool:
         return True
     except (KafkaError, OSError, TimeoutError):
         return False
+    finally:
+        await admin.close()
+
+
+async def cluster_brokers(bootstrap: str, timeout_s: float = 5.0) -> list[int]:
+    """Node ids of the brokers the cluster's metadata lists (empty when it does not answer)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        described = await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+        return sorted(int(broker["node_id"]) for broker in described["brokers"])
+    except (KafkaError, OSError, TimeoutError):
+        return []
     finally:
         await admin.close()
 
