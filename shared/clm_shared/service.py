@@ -18,10 +18,12 @@ import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp
 
 from clm_shared.access.cache import SecretHashes
 from clm_shared.access.dependency import Access, require_token
 from clm_shared.access.tokens import access_engine, active_token_hashes, admin_token_of, migrate_access
+from clm_shared.body_deadline import BodyDeadline
 from clm_shared.db import create_engine, database_reachable, service_schema
 from clm_shared.kafka.admin import broker_reachable, ensure_topics
 from clm_shared.logs import configure_logging
@@ -127,6 +129,13 @@ def create_service_app(
             await engine.dispose()
 
     app = FastAPI(title=title or f"clm {name}", lifespan=lifespan)
+    # Outermost, around Starlette's own error layer, so a body that never arrives is a 408 and never a 500.
+    build_stack = app.build_middleware_stack
+
+    def build_stack_with_deadline() -> ASGIApp:
+        return BodyDeadline(build_stack(), timeout_s=settings.http_body_timeout_s)
+
+    app.build_middleware_stack = build_stack_with_deadline  # type: ignore[method-assign]
     app.include_router(ops_router(name))
     for router in routers:
         app.include_router(router, dependencies=[Depends(require_token)])

@@ -1,0 +1,80 @@
+"""A body that does not arrive within the deadline is answered 408 with Connection: close, whatever the app does."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from fastapi import FastAPI, Request
+from pydantic import BaseModel
+from starlette.types import Message
+
+from clm_shared.body_deadline import BodyDeadline
+
+
+class Item(BaseModel):
+    name: str
+
+
+def app() -> FastAPI:
+    api = FastAPI()
+
+    @api.post("/model")
+    async def model(item: Item) -> dict[str, str]:  # FastAPI turns a failed body read into a 400
+        return {"name": item.name}
+
+    @api.post("/raw")
+    async def raw(request: Request) -> dict[str, int]:  # a raw read: the failure would be a 500
+        return {"size": len(await request.body())}
+
+    return api
+
+
+async def call(path: str, body_parts: list[bytes], *, stall: bool, timeout_s: float = 0.2) -> list[Message]:
+    parts = list(body_parts)
+    never: asyncio.Event = asyncio.Event()
+
+    async def receive() -> Message:
+        if parts:
+            part = parts.pop(0)
+            return {"type": "http.request", "body": part, "more_body": bool(parts) or stall}
+        await never.wait()  # the client stopped sending
+        raise AssertionError("unreachable")
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+        "scheme": "http",
+        "server": ("test", 80),
+        "client": ("127.0.0.1", 1),
+        "root_path": "",
+    }
+    await asyncio.wait_for(BodyDeadline(app(), timeout_s=timeout_s)(scope, receive, send), 10)
+    return sent
+
+
+@pytest.mark.parametrize("path", ["/model", "/raw"])
+async def test_a_stalled_body_is_408_with_connection_close(path: str) -> None:
+    sent = await call(path, [b'{"name": "trick'], stall=True)
+    start, body = sent
+    assert start["status"] == 408
+    assert (b"connection", b"close") in start["headers"]
+    assert b"did not arrive in time" in body["body"]
+
+
+@pytest.mark.parametrize("path", ["/model", "/raw"])
+async def test_a_body_that_arrives_in_time_passes(path: str) -> None:
+    sent = await call(path, [b'{"name": ', b'"ok"}'], stall=False)
+    assert sent[0]["status"] == 200
