@@ -34,6 +34,12 @@ class Settings(BaseSettings):
         le=600,
         description="How long a client may take to send a request body; a slower one gets 408 and is disconnected.",
     )
+    http_max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="The largest request body any service reads (ingest holds its own tighter limits); over it, 413.",
+    )
     ingest_workers: int = Field(
         1, ge=1, le=64, description="Worker processes of the ingest API (each with its own Kafka producer)."
     )

@@ -1,4 +1,4 @@
-"""A body that does not arrive within the deadline is answered 408 with Connection: close, whatever the app does."""
+"""A body too big or too slow is answered 413 or 408 with Connection: close, whatever the app makes of it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel
 from starlette.types import Message
 
-from clm_shared.body_deadline import BodyDeadline
+from clm_shared.body_limits import BodyLimits
 
 
 class Item(BaseModel):
@@ -31,7 +31,9 @@ def app() -> FastAPI:
     return api
 
 
-async def call(path: str, body_parts: list[bytes], *, stall: bool, timeout_s: float = 0.2) -> list[Message]:
+async def call(
+    path: str, body_parts: list[bytes], *, stall: bool, declared: int | None = None, max_bytes: int = 1000
+) -> list[Message]:
     parts = list(body_parts)
     never: asyncio.Event = asyncio.Event()
 
@@ -55,13 +57,15 @@ async def call(path: str, body_parts: list[bytes], *, stall: bool, timeout_s: fl
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
-        "headers": [(b"content-type", b"application/json")],
+        "headers": [(b"content-type", b"application/json")]
+        + ([(b"content-length", str(declared).encode())] if declared is not None else []),
         "scheme": "http",
         "server": ("test", 80),
         "client": ("127.0.0.1", 1),
         "root_path": "",
     }
-    await asyncio.wait_for(BodyDeadline(app(), timeout_s=timeout_s)(scope, receive, send), 10)
+    limits = BodyLimits(app(), timeout_s=0.2, max_bytes=max_bytes)
+    await asyncio.wait_for(limits(scope, receive, send), 10)
     return sent
 
 
@@ -78,3 +82,15 @@ async def test_a_stalled_body_is_408_with_connection_close(path: str) -> None:
 async def test_a_body_that_arrives_in_time_passes(path: str) -> None:
     sent = await call(path, [b'{"name": ', b'"ok"}'], stall=False)
     assert sent[0]["status"] == 200
+
+
+@pytest.mark.parametrize("path", ["/model", "/raw"])
+async def test_a_body_over_the_limit_is_413_whether_declared_or_streamed(path: str) -> None:
+    for sent in (
+        await call(path, [], stall=True, declared=5000),  # refused before a byte is read
+        await call(path, [b'{"name": "', b"x" * 600, b"x" * 600, b'"}'], stall=False),
+    ):
+        start, body = sent
+        assert start["status"] == 413
+        assert (b"connection", b"close") in start["headers"]
+        assert b"over 1000 bytes" in body["body"]
