@@ -35,7 +35,7 @@ def fuzz(service: Service) -> list[str]:
     return failures
 
 
-def fuzz_operation(operation: APIOperation[Any], service: Service, failures: list[str]) -> None:
+def fuzz_operation(operation: APIOperation[Any, Any, Any, Any], service: Service, failures: list[str]) -> None:
     tracking = service.name == "ingest" and operation.path in TRACKING
     credentials: dict[str, Any] = {"auth": (service.write_key, "")} if tracking else {}
     headers = {} if tracking else {"Authorization": f"Bearer {service.admin}"}
