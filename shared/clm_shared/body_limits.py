@@ -26,8 +26,10 @@ class _Refused(Exception):
 class BodyLimits:
     """Outermost ASGI layer: a body over ``max_bytes`` is 413, one not in within ``timeout_s`` is 408.
 
-    Either answer carries ``Connection: close``, so the server drops the socket instead of reading
-    the rest. Services with a tighter limit of their own (ingest) refuse first, with their own message.
+    The 408 carries ``Connection: close``, so the server drops the slow socket. The 413 does not: a
+    client still writing a big body into a closed socket would get a reset, never the answer, so
+    the server reads and discards the rest (uvicorn keeps none of it). Services with a tighter
+    limit of their own (ingest) refuse first, with their own message.
     """
 
     def __init__(self, app: ASGIApp, *, timeout_s: float, max_bytes: int) -> None:
@@ -77,6 +79,8 @@ class BodyLimits:
 
 
 async def _answer(send: Send, refusal: _Refused) -> None:
-    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+    headers = [(b"content-type", b"application/json")]
+    if refusal.status == 408:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
     await send({"type": "http.response.body", "body": refusal.body})

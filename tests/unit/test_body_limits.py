@@ -1,4 +1,4 @@
-"""A body too big or too slow is answered 413 or 408 with Connection: close, whatever the app makes of it."""
+"""A body too big or too slow is answered 413 or 408 (and cut off), whatever the app makes of it."""
 
 from __future__ import annotations
 
@@ -92,5 +92,5 @@ async def test_a_body_over_the_limit_is_413_whether_declared_or_streamed(path: s
     ):
         start, body = sent
         assert start["status"] == 413
-        assert (b"connection", b"close") in start["headers"]
+        assert (b"connection", b"close") not in start["headers"]  # the client may still be writing: no reset
         assert b"over 1000 bytes" in body["body"]
