@@ -16,12 +16,15 @@ from typing import Any
 import structlog
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp
 
 from clm_shared.access.cache import SecretHashes
 from clm_shared.access.dependency import Access, require_token
 from clm_shared.access.tokens import access_engine, active_token_hashes, admin_token_of, migrate_access
+from clm_shared.body_limits import BodyLimits
 from clm_shared.db import create_engine, database_reachable, service_schema
 from clm_shared.kafka.admin import broker_reachable, ensure_topics
 from clm_shared.logs import configure_logging
@@ -127,6 +130,13 @@ def create_service_app(
             await engine.dispose()
 
     app = FastAPI(title=title or f"clm {name}", lifespan=lifespan)
+    # Outermost, around Starlette's own error layer, so a body too big or too slow is a 413 or 408, never a 500.
+    build_stack = app.build_middleware_stack
+
+    def build_stack_with_limits() -> ASGIApp:
+        return BodyLimits(build_stack(), timeout_s=settings.http_body_timeout_s, max_bytes=settings.http_max_body_bytes)
+
+    app.build_middleware_stack = build_stack_with_limits  # type: ignore[method-assign]
     app.include_router(ops_router(name))
     for router in routers:
         app.include_router(router, dependencies=[Depends(require_token)])
@@ -155,7 +165,7 @@ def ops_router(name: str) -> APIRouter:
         response.status_code = 200 if ready else 503
         return {"status": "ready" if ready else "not ready", "service": name, "checks": checks}
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         """Prometheus exposition of this service's metrics (all its worker processes)."""
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:

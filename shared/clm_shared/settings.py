@@ -28,6 +28,18 @@ class Settings(BaseSettings):
     ingest_publish_timeout_s: float = Field(
         5.0, gt=0, le=60, description="How long ingest waits for Kafka's acknowledgement before answering 503."
     )
+    http_body_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        le=600,
+        description="How long a client may take to send a request body; a slower one gets 408 and is disconnected.",
+    )
+    http_max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="The largest request body any service reads (ingest holds its own tighter limits); over it, 413.",
+    )
     ingest_workers: int = Field(
         1, ge=1, le=64, description="Worker processes of the ingest API (each with its own Kafka producer)."
     )

@@ -148,6 +148,16 @@ def _public(found: Registered) -> CampaignPublic:
     return CampaignPublic(**_summary(found).model_dump(), definition=_definition(found.campaign))
 
 
+class Problem(BaseModel):
+    """A refused definition: the field and what is wrong (FastAPI's own list when the body is missing)."""
+
+    detail: str | list[dict[str, Any]]
+
+
+# Definitions are checked by parse_campaign, whose 422 is one line naming the fields, not FastAPI's list.
+INVALID_DEFINITION: dict[int | str, dict[str, Any]] = {422: {"model": Problem, "description": "An invalid definition"}}
+
+
 def _parse(data: Any) -> Campaign:
     try:
         return parse_campaign(data)
@@ -205,7 +215,7 @@ async def list_campaigns(engine: Engine, include_archived: bool = False) -> Camp
     return CampaignList(items=[_summary(f) for f in found])
 
 
-@router.post("/campaigns", response_model=CampaignPublic, status_code=201)
+@router.post("/campaigns", response_model=CampaignPublic, status_code=201, responses=INVALID_DEFINITION)
 async def create_campaign(data: DefinitionBody, engine: Engine) -> CampaignPublic:
     """A new campaign at version 1, live; an archived one's id may be reused (its next version)."""
     campaign = _parse(data)
@@ -225,7 +235,7 @@ async def get_campaign(campaign_id: str, engine: Engine) -> CampaignPublic:
         return _public(await _existing(db, campaign_id))
 
 
-@router.put("/campaigns/{campaign_id}", response_model=CampaignPublic)
+@router.put("/campaigns/{campaign_id}", response_model=CampaignPublic, responses=INVALID_DEFINITION)
 async def change_campaign(campaign_id: str, data: DefinitionBody, engine: Engine) -> CampaignPublic:
     """A changed definition becomes the next version (runs in progress finish theirs); an unchanged one keeps it."""
     campaign = _parse(data)

@@ -26,12 +26,14 @@ from ingest.publishing import TouchpointPublisher, encode
 from ingest.records import touchpoint_records
 from ingest.requests import (
     ENDPOINTS,
+    ESCAPED_NUL,
     MAX_REQUEST_BYTES,
     FieldError,
     Rejected,
     body_write_key,
     decode_body,
     load_json,
+    refuse_nul,
     validate_payload,
 )
 from ingest.telemetry import EVENTS_ACCEPTED, EVENTS_REJECTED, PUBLISH_SECONDS, REQUEST_SECONDS
@@ -74,7 +76,8 @@ RESPONSES: dict[int, str] = {
     400: "The body is not JSON, or not valid gzip.",
     401: "No write key, or an unknown or revoked one.",
     413: "Over 32 KB for one event or 500 KB for the request.",
-    422: "Invalid events: each error names the event's index and the field.",
+    422: "Invalid events: each error names the event's index and the field (also text holding U+0000, which"
+    " cannot be stored).",
     503: "Kafka did not acknowledge in time, or a new key cannot be checked while the database is down;"
     " retry after `Retry-After` seconds.",
 }
@@ -117,13 +120,16 @@ async def _accept(request: Request, endpoint: str, runtime: IngestRuntime) -> in
         if source is None:
             raise Rejected(401, "unknown or revoked write key")
         body = decode_body(await _read_body(request), request.headers.get("content-encoding"))
+        if ESCAPED_NUL in body:
+            refuse_nul(load_json(body), endpoint)
         records = _fast_records(body, endpoint, source, runtime.clock())
         if records is None:  # the pydantic path decides, and names index and field when it refuses
             records = _records(load_json(body), endpoint, source, runtime.clock())
     else:
         # No header: the key can only be in the body, and nothing is validated before it is checked.
         try:
-            payload = load_json(decode_body(await _read_body(request), request.headers.get("content-encoding")))
+            body = decode_body(await _read_body(request), request.headers.get("content-encoding"))
+            payload = load_json(body)
         except Rejected as refusal:
             if refusal.status == 413:
                 raise
@@ -134,6 +140,8 @@ async def _accept(request: Request, endpoint: str, runtime: IngestRuntime) -> in
             raise Rejected(
                 401, "unknown or revoked write key" if key else "a write key is needed (HTTP Basic user name)"
             )
+        if ESCAPED_NUL in body:
+            refuse_nul(payload, endpoint)
         records = _records(payload, endpoint, source, runtime.clock())
     published = time.perf_counter()
     await runtime.touchpoints.publish_encoded(records)

@@ -160,6 +160,46 @@ def _batch_fields(
     return errors or (context, integrations, sent_at)
 
 
+# How JSON spells U+0000; a raw NUL byte is not JSON at all (400). The text check is a cheap filter: a
+# hit may be an escaped backslash followed by "u0000", which the walk then finds to be no NUL.
+ESCAPED_NUL = b"\\u0000"
+
+
+def refuse_nul(payload: Any, endpoint: str) -> None:
+    """PostgreSQL text cannot hold U+0000: refuse it here, naming each field, rather than fail downstream."""
+    errors: list[FieldError] = []
+    if endpoint == "batch" and isinstance(payload, dict) and isinstance(payload.get("batch"), list):
+        for index, item in enumerate(payload["batch"]):
+            kind = item.get("type") if isinstance(item, dict) else None
+            errors += [FieldError(index, path, _NUL_MESSAGE, str(kind)) for path in _nul_paths(item, "")]
+        rest = {name: value for name, value in payload.items() if name != "batch"}
+        errors += [FieldError(None, path, _NUL_MESSAGE) for path in _nul_paths(rest, "")]
+    else:
+        errors += [FieldError(0, path, _NUL_MESSAGE, endpoint) for path in _nul_paths(payload, "")]
+    if errors:
+        raise Rejected(422, "text cannot hold the NUL character (U+0000); nothing was accepted", errors)
+
+
+_NUL_MESSAGE = "contains the NUL character (U+0000), which cannot be stored"
+
+
+def _nul_paths(value: Any, path: str) -> list[str]:
+    """Dotted paths (as the client spelled them) of every string and object key holding a NUL."""
+    if isinstance(value, str):
+        return [path or "(event)"] if "\x00" in value else []
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                found.append(here)
+            found += _nul_paths(item, here)
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            found += _nul_paths(item, f"{path}.{position}" if path else str(position))
+    return found
+
+
 def _check_event_size(item: dict[str, Any], index: int) -> None:
     size = len(orjson.dumps(item))
     if size > MAX_EVENT_BYTES:

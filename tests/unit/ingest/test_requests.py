@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.requests import MAX_EVENT_BYTES, MAX_REQUEST_BYTES, Rejected, decode_body, parse_request
+from ingest.requests import (
+    ESCAPED_NUL,
+    MAX_EVENT_BYTES,
+    MAX_REQUEST_BYTES,
+    Rejected,
+    decode_body,
+    parse_request,
+    refuse_nul,
+)
 from tests.utils.factories import track_call
 
 
@@ -138,3 +146,30 @@ def test_arbitrary_json_objects_are_refused_with_field_errors_or_accepted(payloa
         except Rejected as refusal:
             assert refusal.status in (413, 422)
             assert refusal.body()["errors"]
+
+
+def nul_refusal(payload: Any, endpoint: str = "track") -> Rejected:
+    assert ESCAPED_NUL in orjson.dumps(payload)
+    with pytest.raises(Rejected) as caught:
+        refuse_nul(payload, endpoint)
+    return caught.value
+
+
+def test_a_nul_anywhere_is_a_422_naming_each_field_and_event() -> None:
+    refusal = nul_refusal(track_call(userId="a\x00b", properties={"list": ["ok", "x\x00"], "k\x00ey": 1}))
+    assert refusal.status == 422
+    assert {(e["index"], e["type"], e["field"]) for e in refusal.body()["errors"]} == {
+        (0, "track", "userId"),
+        (0, "track", "properties.list.1"),
+        (0, "track", "properties.k\x00ey"),
+    }
+    batch = {"batch": [track_call(), {**track_call(), "event": "\x00"}], "context": {"ip": "\x00"}}
+    assert {(e["index"], e["field"]) for e in nul_refusal(batch, "batch").body()["errors"]} == {
+        (1, "event"),
+        (None, "context.ip"),
+    }
+
+
+def test_other_control_characters_and_an_escaped_backslash_u0000_pass() -> None:
+    refuse_nul(track_call(properties={"c": "\x01\x1f\x7f\u200f", "text": "\\u0000"}), "track")
+    assert ESCAPED_NUL in orjson.dumps({"text": "\\u0000"})
