@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -68,7 +69,9 @@ class Publisher:
     async def stop(self) -> None:
         async with self._lock:
             if self._producer is not None and self._coalescer is not None:
-                await self._coalescer.drain()
+                # What was accepted into a batch still goes out, but a dead broker must not hold up a shutdown.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._coalescer.drain(), self._timeout_s)
                 await self._producer.stop()
                 self._producer = self._coalescer = None
 
