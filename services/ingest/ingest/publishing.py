@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from clm_shared.kafka.producer import OutgoingRecord, Publisher
+from clm_shared.kafka.producer import Publisher
 from clm_shared.schemas.touchpoint import Touchpoint
 from clm_shared.serde import JsonSerializer
 
@@ -27,4 +27,4 @@ class TouchpointPublisher:
 
     async def publish_encoded(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         """The same for records already encoded as (key, touchpoint JSON)."""
-        await self._publisher.publish_many([OutgoingRecord(self._topic, value, key=key) for key, value in records])
+        await self._publisher.publish_keyed(self._topic, records)

@@ -1,0 +1,112 @@
+"""The coalescer's rounds: shared batches per partition, one round in flight, failures only to their callers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
+from aiokafka.producer.message_accumulator import BatchBuilder
+
+from clm_shared.kafka.coalescing import BatchCoalescer
+
+A, B = TopicPartition("t", 0), TopicPartition("t", 1)
+
+
+class FakeProducer:
+    """Records each submitted batch; its acknowledgement is a future the test sets."""
+
+    def __init__(self, *, batch_size: int = 16384, refuse: set[TopicPartition] | None = None) -> None:
+        self.batch_size = batch_size
+        self.refuse = refuse or set()
+        self.sent: list[tuple[TopicPartition, int, bool]] = []  # (partition, records, closed when sent)
+        self.acks: list[asyncio.Future[object]] = []
+
+    def create_batch(self) -> BatchBuilder:
+        return BatchBuilder(self.batch_size, 0)
+
+    async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[object]:
+        tp = TopicPartition(topic, partition)
+        if tp in self.refuse:
+            raise KafkaTimeoutError()
+        self.sent.append((tp, batch.record_count(), batch.closed()))
+        self.acks.append(asyncio.get_running_loop().create_future())
+        return self.acks[-1]
+
+    def ack_all(self, error: Exception | None = None) -> None:
+        for ack in self.acks:
+            if not ack.done():
+                ack.set_exception(error) if error else ack.set_result(None)
+
+
+async def test_the_records_of_concurrent_calls_share_one_closed_batch_per_partition() -> None:
+    producer = FakeProducer()
+    coalescer = BatchCoalescer(producer)
+    first = {coalescer.append(A, b"k1", b"v", []), coalescer.append(B, b"k2", b"v", [])}
+    second = {coalescer.append(A, b"k3", b"v", [])}
+    coalescer.flush_soon()
+    coalescer.flush_soon()
+    await asyncio.sleep(0)
+    assert sorted(producer.sent) == [(A, 2, True), (B, 1, True)]
+    assert len(first | second) == 2  # the second call waits on the first call's batch for A
+    producer.ack_all()
+    await asyncio.wait(first | second)
+    assert all(f.result() is None for f in first | second)
+
+
+async def test_records_arriving_while_a_round_is_in_flight_go_with_the_next_round() -> None:
+    producer = FakeProducer()
+    coalescer = BatchCoalescer(producer)
+    first = coalescer.append(A, b"k", b"1", [])
+    coalescer.flush_soon()
+    await asyncio.sleep(0)
+    later = [coalescer.append(A, b"k", b"2", []), coalescer.append(A, b"k", b"3", [])]
+    coalescer.flush_soon()
+    await asyncio.sleep(0)
+    assert producer.sent == [(A, 1, True)]  # nothing more until the broker answered
+    producer.ack_all()
+    await first
+    await asyncio.sleep(0)
+    assert producer.sent == [(A, 1, True), (A, 2, True)]
+    producer.ack_all()
+    await asyncio.gather(*later)
+    await coalescer.drain()
+
+
+async def test_a_full_batch_is_followed_by_another_for_the_same_partition() -> None:
+    producer = FakeProducer(batch_size=1000)
+    coalescer = BatchCoalescer(producer)
+    futures = [coalescer.append(A, b"k", b"x" * 400, []) for _ in range(5)]
+    assert len(set(futures)) > 1
+    coalescer.flush_soon()
+    for _ in range(len(set(futures))):
+        await asyncio.sleep(0)
+        producer.ack_all()
+        await asyncio.sleep(0)
+    await asyncio.gather(*futures)
+    assert sum(count for _, count, _ in producer.sent) == 5
+    assert all(tp == A for tp, _, _ in producer.sent)
+
+
+async def test_a_failed_batch_fails_only_the_calls_that_joined_it() -> None:
+    producer = FakeProducer(refuse={B})
+    coalescer = BatchCoalescer(producer)
+    on_a, on_b = coalescer.append(A, b"k", b"v", []), coalescer.append(B, b"k", b"v", [])
+    coalescer.flush_soon()
+    await asyncio.sleep(0)
+    producer.ack_all()
+    await on_a
+    with pytest.raises(KafkaTimeoutError):
+        await on_b
+
+
+async def test_an_unanswered_round_fails_its_callers_with_the_brokers_error() -> None:
+    producer = FakeProducer()
+    coalescer = BatchCoalescer(producer)
+    acked = coalescer.append(A, b"k", b"v", [])
+    coalescer.flush_soon()
+    await asyncio.sleep(0)
+    producer.ack_all(KafkaTimeoutError())
+    with pytest.raises(KafkaTimeoutError):
+        await acked
