@@ -190,7 +190,7 @@ def customer_lifecycle(index: int, now: datetime, rng: random.Random) -> list[tu
 
 async def write_backlog(bootstrap: str, topics: Topics, now: datetime) -> tuple[Backlog, float]:
     """Step by step within chunks of 5,000 customers, so a batch spans thousands of customers."""
-    publisher = Publisher(bootstrap, client_id="bench", timeout_s=120, linger_ms=20)
+    publisher = Publisher(bootstrap, client_id="bench", timeout_s=120)
     serialize = JsonSerializer()
     backlog = Backlog()
     began = time.monotonic()
@@ -374,7 +374,7 @@ async def latency_run(kafka: str, database_url: str, topics: Topics, scratch: Pa
         service = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "campaigns", env=env, stdout=log, stderr=log
         )
-        publisher = Publisher(kafka, client_id="bench-latency", linger_ms=1)
+        publisher = Publisher(kafka, client_id="bench-latency")
         serialize = JsonSerializer()
         due: dict[str, float] = {}
         try:

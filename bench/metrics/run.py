@@ -69,7 +69,7 @@ TWELVE = (
 
 async def write_backlog(bootstrap: str, topics: Topics, now: datetime) -> tuple[int, int, float]:
     """Touchpoints step by step within chunks of 5,000 customers (a 2,000-record batch spans ~2,000 customers)."""
-    publisher = Publisher(bootstrap, client_id="bench", timeout_s=120, linger_ms=20)
+    publisher = Publisher(bootstrap, client_id="bench", timeout_s=120)
     serialize = JsonSerializer()
     touchpoints = lifecycle = 0
     began = time.monotonic()

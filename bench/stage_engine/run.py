@@ -96,7 +96,7 @@ def _journey(customer: int, step: int) -> Touchpoint:
 
 
 async def write_backlog(bootstrap: str, topic: str) -> float:
-    publisher = Publisher(bootstrap, client_id="bench", timeout_s=60, linger_ms=20)
+    publisher = Publisher(bootstrap, client_id="bench", timeout_s=60)
     serialize = JsonSerializer()
     start = datetime.now(UTC) - timedelta(days=5)
     began = time.monotonic()

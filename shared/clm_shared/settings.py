@@ -43,9 +43,6 @@ class Settings(BaseSettings):
     ingest_workers: int = Field(
         1, ge=1, le=64, description="Worker processes of the ingest API (each with its own Kafka producer)."
     )
-    ingest_linger_ms: int = Field(
-        2, ge=0, le=1000, description="Producer linger: how long ingest waits to fill a batch to Kafka."
-    )
     rules_file: Path | None = Field(
         None, description="YAML lifecycle rules replacing the shipped defaults (stage-engine)."
     )

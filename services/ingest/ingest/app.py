@@ -24,7 +24,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.kafka_bootstrap,
         client_id="clm-ingest",
         timeout_s=settings.ingest_publish_timeout_s,
-        linger_ms=settings.ingest_linger_ms,
     )
 
     async def on_start(ctx: ServiceContext) -> None:

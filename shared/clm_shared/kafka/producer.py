@@ -50,13 +50,11 @@ class Publisher:
         *,
         client_id: str,
         timeout_s: float = 5.0,
-        linger_ms: int = 5,
         max_batch_size: int = 256 * 1024,
     ) -> None:
         self._bootstrap = bootstrap
         self._client_id = client_id
         self._timeout_s = timeout_s
-        self._linger_ms = linger_ms
         self._max_batch_size = max_batch_size
         self._producer: AIOKafkaProducer | None = None
         self._coalescer: BatchCoalescer | None = None
@@ -85,7 +83,6 @@ class Publisher:
                     client_id=self._client_id,
                     acks="all",
                     enable_idempotence=True,
-                    linger_ms=self._linger_ms,
                     max_batch_size=self._max_batch_size,
                     request_timeout_ms=int(self._timeout_s * 1000),
                 )
