@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -112,9 +113,13 @@ def up() -> None:
     try:
         install_infra(settings)
         started_kafka, started_pg = start_infra(settings)
-        _step("migrations and topics", lambda: prepare(settings))
-        ensure_admin_token(settings)
-        code = asyncio.run(Supervisor(settings, console).run())
+        running = LocalStack(settings).for_services()
+        # The services are child processes: they read their settings from the environment.
+        os.environ["CLM_KAFKA_BOOTSTRAP"] = running.kafka_bootstrap
+        os.environ["CLM_KAFKA_REPLICATION_FACTOR"] = str(running.kafka_replication_factor)
+        _step("migrations and topics", lambda: prepare(running))
+        ensure_admin_token(running)
+        code = asyncio.run(Supervisor(running, console).run())
     except InfraError as error:
         raise _fail(error) from None
     stack = LocalStack(settings)

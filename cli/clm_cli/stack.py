@@ -68,6 +68,17 @@ class LocalStack:
             heap_mb=self.settings.kafka_heap_mb,
         )
 
+    def for_services(self) -> Settings:
+        """The settings the services and the set-up steps run with: with a local cluster, every node as
+        bootstrap (a service that starts while node 1 is down still connects) and replicated topics."""
+        kafka = self.kafka()
+        if not isinstance(kafka, KafkaCluster):
+            return self.settings
+        update: dict[str, object] = {"kafka_bootstrap": kafka.bootstrap}
+        if "kafka_replication_factor" not in self.settings.model_fields_set:
+            update["kafka_replication_factor"] = min(3, self.settings.kafka_brokers)
+        return self.settings.model_copy(update=update)
+
     def postgres(self) -> PostgresServer | None:
         if "database_url" in self.settings.model_fields_set:
             return None

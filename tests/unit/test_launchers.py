@@ -96,3 +96,17 @@ def test_clm_up_runs_a_cluster_when_told_to_and_none_when_one_is_named(
     assert cluster.bootstrap == "127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096"
     assert isinstance(LocalStack(Settings(data_dir=tmp_path)).kafka(), KafkaServer)
     assert LocalStack(Settings(kafka_bootstrap="a:9092,b:9092,c:9092", kafka_brokers=3)).kafka() is None
+
+
+def test_the_services_of_a_local_cluster_get_every_node_and_replicated_topics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CLM_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.delenv("CLM_KAFKA_REPLICATION_FACTOR", raising=False)
+    running = LocalStack(Settings(kafka_brokers=3, data_dir=tmp_path)).for_services()
+    assert running.kafka_bootstrap == "127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096"
+    assert running.kafka_replication_factor == 3
+    chosen = LocalStack(Settings(kafka_brokers=3, kafka_replication_factor=2, data_dir=tmp_path)).for_services()
+    assert chosen.kafka_replication_factor == 2
+    single = Settings(data_dir=tmp_path)
+    assert LocalStack(single).for_services() is single
