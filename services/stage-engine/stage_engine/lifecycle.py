@@ -26,7 +26,7 @@ import msgspec
 from clm_shared.categories import Category
 from clm_shared.schemas.lifecycle import STAGE_ORDER, Health, Stage
 from clm_shared.schemas.touchpoint import AnyTouchpoint
-from stage_engine.rules import Condition, Rules
+from stage_engine.rules import Rules
 
 DISCOVERY_RULE = "first_touchpoint"
 # The shape of stored states; ``stage_engine.stored_state`` upgrades older rows to it.
@@ -195,19 +195,9 @@ def _record(state: CustomerState, tp: AnyTouchpoint, matched: list[str], rules: 
             bisect.insort(state.signal_times.setdefault(name, []), tp.timestamp)
 
 
-def _holds(condition: Condition, window: timedelta | None, state: CustomerState) -> bool:
-    if condition.revenue_of is not None:
-        assert condition.at_least is not None
-        return state.signal_revenue.get(condition.revenue_of, 0.0) >= condition.at_least
-    assert condition.signal is not None
-    if window is None:
-        return state.signal_counts.get(condition.signal, 0) >= condition.count
-    return _count_within(state.signal_times.get(condition.signal, []), condition.count, window)
-
-
 def _count_within(times: list[datetime], count: int, window: timedelta) -> bool:
     """Whether some ``count`` of the sorted times lie within ``window`` of each other."""
-    return any(times[i + count - 1] - times[i] <= window for i in range(len(times) - count + 1))
+    return any(last - first <= window for first, last in zip(times, times[count - 1 :], strict=False))
 
 
 def _climb(state: CustomerState, rules: Rules, outcome: Outcome, message_id: str | None, at: datetime) -> None:
@@ -227,9 +217,16 @@ def _climb(state: CustomerState, rules: Rules, outcome: Outcome, message_id: str
 def _next_stage(state: CustomerState, rules: Rules) -> tuple[Stage, str] | None:
     """The highest stage the customer may move to from where they are, with the rule that allows it."""
     assert state.stage is not None
+    counts, revenue, times = state.signal_counts, state.signal_revenue, state.signal_times
     for climb in rules.climbs_from(state.stage):
-        for condition, name, window in climb.conditions:
-            if _holds(condition, window, state):
+        for name, signal, count, window, at_least in climb.checks:
+            if at_least is not None:
+                holds = revenue.get(signal, 0.0) >= at_least
+            elif window is None:
+                holds = counts.get(signal, 0) >= count
+            else:
+                holds = _count_within(times.get(signal, []), count, window)
+            if holds:
                 return climb.stage, name
     return None
 
