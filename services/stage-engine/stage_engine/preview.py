@@ -60,15 +60,14 @@ class Preview:
     """Two engines fed the same touchpoints batch by batch, so a reader can report progress in between."""
 
     def __init__(self, current: Rules, new: Rules, *, freeze_gc: bool = False) -> None:
-        self.current = InMemoryEngine(current)
-        self.new = InMemoryEngine(new)
+        self.current = InMemoryEngine(current, states_only=True)
+        self.new = InMemoryEngine(new, states_only=True)
         self.touchpoints = 0
         self.freeze_gc = freeze_gc
 
     def apply(self, touchpoints: Sequence[Touchpoint]) -> None:
         for engine in (self.current, self.new):
-            engine.process(touchpoints)
-            engine.published.clear()  # the changes are not needed, only the final states
+            engine.process(touchpoints)  # only the final states are needed: no changes are kept
         self.touchpoints += len(touchpoints)
         if self.freeze_gc:
             # Every customer state and messageId lives to the end: without this the cyclic GC scans
@@ -79,7 +78,6 @@ class Preview:
     def report(self, now: datetime) -> PreviewReport:
         for engine in (self.current, self.new):
             engine.advance_clock(now)
-            engine.published.clear()
         before, after = self.current.customers, self.new.customers
         ids = before.keys() | after.keys()
         stages_before = {cid: _stage(before.get(cid)) for cid in ids}

@@ -130,6 +130,8 @@ class _RuleIndex:
     climbs: dict[Stage, tuple[Climb, ...]]
     # Filled as kinds of touchpoints are seen; bounded, since event names no signal lists map to None.
     by_kind: dict[_Kind, _Candidates]
+    # (stage, matched signals) -> the climbs from that stage with only the conditions reading them.
+    climbs_on: dict[tuple[Stage, tuple[str, ...]], tuple[Climb, ...]]
 
 
 # A condition compiled for the hot path: (rule name, signal it reads, count, window, revenue at least).
@@ -197,7 +199,7 @@ class Rules(_Strict):
             )
             for current in STAGE_ORDER
         }
-        _INDEXES[id(self)] = _RuleIndex(by_event, by_category, windowed, climbs, {})
+        _INDEXES[id(self)] = _RuleIndex(by_event, by_category, windowed, climbs, {}, {})
 
     def matching_signals(self, tp: AnyTouchpoint) -> list[str]:
         """Names of the signals a touchpoint matches, in the order the rules file lists them."""
@@ -222,6 +224,16 @@ class Rules(_Strict):
     def climbs_from(self, stage: Stage) -> tuple[Climb, ...]:
         """The stages a customer at ``stage`` may move to, highest first, as the rules file orders their conditions."""
         return _INDEXES[id(self)].climbs[stage]
+
+    def climbs_on(self, stage: Stage, signals: list[str]) -> tuple[Climb, ...]:
+        """``climbs_from(stage)`` with only the conditions that read one of ``signals``, in the same order."""
+        index = _INDEXES[id(self)]
+        key = (stage, tuple(signals))
+        found = index.climbs_on.get(key)
+        if found is None:
+            narrowed = (Climb(c.stage, tuple(k for k in c.checks if k[1] in signals)) for c in index.climbs[stage])
+            found = index.climbs_on[key] = tuple(c for c in narrowed if c.checks)
+        return found
 
     def windowed_signals(self, above: Stage | None) -> frozenset[str]:
         """Signals whose event times a rule of a stage above ``above`` still needs."""
