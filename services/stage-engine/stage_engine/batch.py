@@ -58,6 +58,11 @@ class BatchState:
     # The states as loaded (never changed in place: every change works on a copy), so that the
     # store writes only the customers whose state a batch changed.
     loaded: dict[str, CustomerState] = field(default_factory=dict)
+    # For a caller that built every state from nothing under these rules and reads only the final
+    # states (the preview): states are changed in place (nothing else holds them), climbs try only the
+    # conditions an event can affect (see ``apply_touchpoint``), and changes are counted in each
+    # customer's sequence but not kept.
+    states_only: bool = False
 
     def changed(self) -> list[CustomerState]:
         """The touched customers whose state differs from what was loaded, in id order."""
@@ -104,7 +109,7 @@ def apply_batch(touchpoints: Sequence[AnyTouchpoint], state: BatchState, rules: 
                 _merge(state, into=customer_id, source_id=source_id, tp=tp, rules=rules)
             _link(state, merge_from, customer_id)
         customer = state.customers.get(customer_id) or new_customer(customer_id, tp.message_id)
-        _record(state, apply_touchpoint(customer, tp, rules))
+        _record(state, apply_touchpoint(customer, tp, rules, in_place=state.states_only, settled=state.states_only))
 
 
 def apply_clock(customer_ids: Iterable[str], now: datetime, state: BatchState, rules: Rules) -> None:
@@ -167,6 +172,8 @@ def _record(state: BatchState, outcome: Outcome) -> None:
 
 def _emit(state: BatchState, customer: CustomerState, change: Change | Merged) -> None:
     customer.sequence += 1
+    if state.states_only:
+        return  # the sequence still counts the change: the state stays what the engine would store
     state.emitted.append(
         Emitted(
             customer.customer_id,

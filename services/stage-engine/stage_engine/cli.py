@@ -21,8 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from clm_shared.db import create_engine, service_schema
 from clm_shared.kafka.admin import partitions_of
-from clm_shared.schemas.touchpoint import Touchpoint
-from clm_shared.serde import DecodeError, JsonDeserializer
+from clm_shared.schemas.touchpoint import TouchpointRecord
+from clm_shared.serde import DecodeError, StructDeserializer
 from clm_shared.settings import Settings, load_settings_or_exit
 from clm_shared.topics import Topics
 from stage_engine.app import system_clock
@@ -82,11 +82,20 @@ def preview_command(
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a broker error is reported once, below
     try:
         # Both files are checked before anything is read, with the engine's own start-up message.
-        run = Preview(load_rules(settings.rules_file), load_rules(rules), freeze_gc=True)
+        # Two processes, one per rule set; forked here, before the progress bar's thread starts.
+        run = Preview(load_rules(settings.rules_file), load_rules(rules), freeze_gc=True, processes=2)
     except RulesError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     since = system_clock() - timedelta(days=days) if days is not None else None
+    try:
+        _replay(run, settings, since)
+    finally:
+        run.close()  # the worker is gone after the report; this ends it on an error
+
+
+def _replay(run: Preview, settings: Settings, since: datetime | None) -> None:
+    """Replay the topic into ``run`` and print its report; a problem stops the command with its message."""
     try:
         with _progress_bar() as bar:
             task = bar.add_task("replaying touchpoints", total=None)
@@ -118,12 +127,13 @@ async def replay_into(
 ) -> Skipped:
     """Feed the touchpoints topic (from ``since``) to the preview, skipping what a rebuild would skip."""
     erased, key = await erased_ids(settings)
-    deserialize = JsonDeserializer(Touchpoint)
+    deserialize = StructDeserializer(TouchpointRecord, "Touchpoint")  # what the live engine decodes
     skipped = Skipped()
     seen = 0
     backlog = TopicBacklog(settings.kafka_bootstrap, Topics(settings.topic_namespace).touchpoints, since=since)
     async for records in backlog.batches(settings.stage_engine_batch_size):
-        batch = []
+        batch: list[TouchpointRecord] = []
+        values: list[bytes] = []
         for record in records:
             try:
                 tp = deserialize(record.value)
@@ -134,7 +144,8 @@ async def replay_into(
                 skipped.erased += 1
                 continue
             batch.append(tp)
-        run.apply(batch)
+            values.append(record.value)  # the worker for the new rules decodes its own copy
+        run.apply(batch, values)
         seen += len(records)
         progress(seen, backlog.total)
     return skipped

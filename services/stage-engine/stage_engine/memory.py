@@ -14,14 +14,22 @@ from stage_engine.rules import Rules
 
 @dataclass
 class InMemoryEngine:
+    """The engine's batch logic on plain dicts.
+
+    ``states_only``: for a caller that starts the engine empty, keeps its rules, reads only the final
+    states and never holds one (the preview): the same states at a fraction of the cost, no changes
+    published (``BatchState.states_only``).
+    """
+
     rules: Rules
     customers: dict[str, CustomerState] = field(default_factory=dict)
     identities: dict[str, str] = field(default_factory=dict)
     processed: set[str] = field(default_factory=set)
     published: list[Emitted] = field(default_factory=list)
+    states_only: bool = False
 
     def process(self, touchpoints: Sequence[AnyTouchpoint]) -> list[Emitted]:
-        state = BatchState(self.customers, self.identities, self.processed)
+        state = self._batch()
         apply_batch(touchpoints, state, self.rules)
         self.published.extend(state.emitted)
         return state.emitted
@@ -29,10 +37,13 @@ class InMemoryEngine:
     def advance_clock(self, now: datetime) -> list[Emitted]:
         """Fire every timer due at ``now``, as the scheduler does."""
         due = [cid for cid, c in self.customers.items() if (t := next_timer(c, self.rules)) and t <= now]
-        state = BatchState(self.customers, self.identities, self.processed)
+        state = self._batch()
         apply_clock(due, now, state, self.rules)
         self.published.extend(state.emitted)
         return state.emitted
 
     def customer(self, any_id: str) -> CustomerState | None:
         return self.customers.get(self.identities.get(any_id, any_id))
+
+    def _batch(self) -> BatchState:
+        return BatchState(self.customers, self.identities, self.processed, states_only=self.states_only)

@@ -43,10 +43,20 @@ class Signal(_Strict):
         return self
 
     def matches(self, tp: AnyTouchpoint) -> bool:
-        if self.category is not None and tp.category != self.category:
+        return self.matches_kind(tp.type, tp.event, tp.category) and self.matches_values(tp)
+
+    def matches_kind(self, call_type: str, event: str | None, category: Category) -> bool:
+        """The part of ``matches`` that depends only on the kind of touchpoint (cached per kind)."""
+        if self.category is not None and category != self.category:
             return False
-        if self.events and (tp.type != "track" or tp.event not in self.events):
-            return False
+        return not self.events or (call_type == "track" and event in self.events)
+
+    def reads_values(self) -> bool:
+        # A method, not a property: the field `property` shadows the builtin in this class.
+        return self.revenue_above is not None or self.property is not None
+
+    def matches_values(self, tp: AnyTouchpoint) -> bool:
+        """The part of ``matches`` that reads the touchpoint's revenue or properties."""
         if self.revenue_above is not None and not tp.revenue > self.revenue_above:
             return False
         if self.property is not None and self.at_least is not None:
@@ -106,20 +116,38 @@ class HealthRules(_Strict):
         return timedelta(days=self.churned_after_days)
 
 
+# One kind of touchpoint (track or not, event name if a signal lists it, category) -> the signals it
+# may match, each with the Signal when its values must still be checked, else None.
+_Kind = tuple[bool, str | None, Category]
+_Candidates = tuple[tuple[str, "Signal | None"], ...]
+
+
 @dataclass(frozen=True)
 class _RuleIndex:
     by_event: dict[str, list[str]]
     by_category: dict[Category, list[str]]
     windowed: dict[Stage | None, frozenset[str]]
     climbs: dict[Stage, tuple[Climb, ...]]
+    # Filled as kinds of touchpoints are seen; bounded, since event names no signal lists map to None.
+    by_kind: dict[_Kind, _Candidates]
+    # (stage, matched signals) -> the climbs from that stage with only the conditions reading them.
+    climbs_on: dict[tuple[Stage, tuple[str, ...]], tuple[Climb, ...]]
+
+
+# A condition compiled for the hot path: (rule name, signal it reads, count, window, revenue at least).
+# A revenue condition reads `revenue_of`; a count condition with a window reads the signal's event times.
+Check = tuple[str, str, int, timedelta | None, float | None]
 
 
 @dataclass(frozen=True)
 class Climb:
-    """A stage a customer may move to from a given stage, with its conditions: (condition, rule name, window)."""
+    """A stage a customer may move to from a given stage, with its conditions compiled, in the file's order.
+
+    Plain tuples with the window built once: the conditions are tried after every touchpoint.
+    """
 
     stage: Stage
-    conditions: tuple[tuple[Condition, str, timedelta | None], ...]
+    checks: tuple[Check, ...]
 
 
 # Rules objects are immutable and few: their indexes live here, because pydantic's private
@@ -165,23 +193,47 @@ class Rules(_Strict):
         windowed = {stage: self._windowed_above(stage) for stage in (None, *STAGE_ORDER)}
         climbs = {
             current: tuple(
-                Climb(rule.stage, tuple((c, f"{rule.stage}.{c.label}", c.window) for c in rule.when))
+                Climb(rule.stage, tuple(_compile(c, f"{rule.stage}.{c.label}") for c in rule.when))
                 for rule in reversed(self.stages)
                 if rule.stage.rank > current.rank and current in rule.from_
             )
             for current in STAGE_ORDER
         }
-        _INDEXES[id(self)] = _RuleIndex(by_event, by_category, windowed, climbs)
+        _INDEXES[id(self)] = _RuleIndex(by_event, by_category, windowed, climbs, {}, {})
 
     def matching_signals(self, tp: AnyTouchpoint) -> list[str]:
         """Names of the signals a touchpoint matches, in the order the rules file lists them."""
         index = _INDEXES[id(self)]
-        candidates = [*index.by_event.get(tp.event or "", ()), *index.by_category.get(tp.category, ())]
-        return [name for name in candidates if self.signals[name].matches(tp)]
+        event = tp.event
+        kind = (tp.type == "track", event if event in index.by_event else None, tp.category)
+        candidates = index.by_kind.get(kind)
+        if candidates is None:
+            candidates = index.by_kind[kind] = self._candidates(index, tp)
+        return [name for name, signal in candidates if signal is None or signal.matches_values(tp)]
+
+    def _candidates(self, index: _RuleIndex, tp: AnyTouchpoint) -> _Candidates:
+        """The signals this kind of touchpoint matches, whatever its values (those with values still to check)."""
+        names = [*index.by_event.get(tp.event or "", ()), *index.by_category.get(tp.category, ())]
+        signals = [(name, self.signals[name]) for name in names]
+        return tuple(
+            (name, signal if signal.reads_values() else None)
+            for name, signal in signals
+            if signal.matches_kind(tp.type, tp.event, tp.category)
+        )
 
     def climbs_from(self, stage: Stage) -> tuple[Climb, ...]:
         """The stages a customer at ``stage`` may move to, highest first, as the rules file orders their conditions."""
         return _INDEXES[id(self)].climbs[stage]
+
+    def climbs_on(self, stage: Stage, signals: list[str]) -> tuple[Climb, ...]:
+        """``climbs_from(stage)`` with only the conditions that read one of ``signals``, in the same order."""
+        index = _INDEXES[id(self)]
+        key = (stage, tuple(signals))
+        found = index.climbs_on.get(key)
+        if found is None:
+            narrowed = (Climb(c.stage, tuple(k for k in c.checks if k[1] in signals)) for c in index.climbs[stage])
+            found = index.climbs_on[key] = tuple(c for c in narrowed if c.checks)
+        return found
 
     def windowed_signals(self, above: Stage | None) -> frozenset[str]:
         """Signals whose event times a rule of a stage above ``above`` still needs."""
@@ -196,6 +248,13 @@ class Rules(_Strict):
             for c in rule.when
             if c.signal is not None and c.within_days is not None
         )
+
+
+def _compile(condition: Condition, name: str) -> Check:
+    if condition.revenue_of is not None:
+        return (name, condition.revenue_of, condition.count, None, condition.at_least)
+    assert condition.signal is not None
+    return (name, condition.signal, condition.count, condition.window, None)
 
 
 def parse_rules(raw: Any, *, source: str = "rules") -> Rules:

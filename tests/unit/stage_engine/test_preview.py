@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from clm_cli.main import app
 from clm_shared.schemas.touchpoint import Touchpoint
+from clm_shared.serde import JsonSerializer
 from clm_shared.settings import get_settings
-from stage_engine.preview import NOT_APPLICABLE, Counts, preview
+from stage_engine.preview import NOT_APPLICABLE, Counts, Preview, preview, preview_records
 from stage_engine.rules import DEFAULT_RULES_FILE, Rules, RulesError, load_rules, parse_rules
 from tests.utils.factories import T0, touchpoint
 
@@ -142,3 +143,22 @@ def test_the_command_refuses_a_wrong_rules_file_with_exit_code_2_before_reading_
     assert result.exit_code == 2, result.output
     assert "stages[2] (conversion).when[0] (first_paid_order).count" in result.output
     assert "replaying" not in result.output
+
+
+def test_the_new_rules_in_a_second_process_give_the_same_report() -> None:
+    values = [JsonSerializer()(tp) for tp in dataset()]
+    now = T0 + 2 * DAY
+
+    in_two = preview_records(values, load_rules(), two_paid_orders_for_conversion(), now=now, batch=4)
+
+    assert in_two == preview(dataset(), load_rules(), two_paid_orders_for_conversion(), now=now)
+    assert in_two.moved == 6
+
+
+def test_a_preview_in_two_processes_needs_the_record_values() -> None:
+    run = Preview(load_rules(), two_paid_orders_for_conversion(), processes=2)
+    try:
+        with pytest.raises(ValueError, match="record value"):
+            run.apply(dataset())
+    finally:
+        run.close()

@@ -6,6 +6,7 @@ import zlib
 from datetime import timedelta
 from typing import Any
 
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,10 +14,18 @@ from clm_shared.schemas.lifecycle import Stage
 from clm_shared.schemas.touchpoint import Touchpoint
 from stage_engine.lifecycle import StageMove
 from stage_engine.memory import InMemoryEngine
-from stage_engine.rules import load_rules
+from stage_engine.rules import DEFAULT_RULES_FILE, load_rules, parse_rules
 from tests.utils.factories import T0, touchpoint
 
 RULES = load_rules()
+# The preview benchmark's new rules: conversion wants two paid orders.
+TWO_PAID_ORDERS = parse_rules(
+    yaml.safe_load(
+        DEFAULT_RULES_FILE.read_text().replace(
+            "{name: first_paid_order, signal: paid_order}", "{name: first_paid_order, signal: paid_order, count: 2}"
+        )
+    )
+)
 CUSTOMERS = ["user-1", "user-2", "anon-1", "anon-2"]
 EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("Ad Impression", {}),
@@ -128,3 +137,24 @@ def test_two_instances_splitting_the_partitions_end_where_one_does(
     assert {k: c.signal_counts for k, c in shared.customers.items()} == {
         k: c.signal_counts for k, c in single.customers.items()
     }
+
+
+@settings(max_examples=300)
+@given(sequences_with_identity, st.data())
+def test_the_preview_s_states_only_engine_ends_in_the_engine_s_states(
+    events: list[Touchpoint], data: st.DataObject
+) -> None:
+    # In place, only the conditions an event can affect, no changes kept: the same states to the byte.
+    batches = data.draw(st.lists(st.integers(1, 7), max_size=12))
+    for rules in (RULES, TWO_PAID_ORDERS):
+        full, states_only = InMemoryEngine(rules), InMemoryEngine(rules, states_only=True)
+        for engine in (full, states_only):
+            start = 0
+            for size in [*batches, len(events)]:
+                engine.process(events[start : start + size])
+                start += size
+            engine.advance_clock(T0 + timedelta(days=600))
+        assert states_only.customers == full.customers
+        assert states_only.identities == full.identities
+        assert states_only.processed == full.processed
+        assert not states_only.published
