@@ -6,10 +6,11 @@ import asyncio
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, OutOfOrderSequenceNumber
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from clm_shared.kafka.coalescing import BatchCoalescer
+from clm_shared.kafka.producer import OutgoingRecord, Publisher, PublishUnavailable
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
 
@@ -110,3 +111,48 @@ async def test_an_unanswered_round_fails_its_callers_with_the_brokers_error() ->
     producer.ack_all(KafkaTimeoutError())
     with pytest.raises(KafkaTimeoutError):
         await acked
+
+
+class SessionProducer(FakeProducer):
+    """A FakeProducer that also answers what a Publisher asks of its producer."""
+
+    stopped = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.submitted = asyncio.Event()
+
+    async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[object]:
+        ack = await super().send_batch(batch, topic, partition=partition)
+        self.submitted.set()
+        return ack
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1}
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def publish_answered(error: Exception) -> tuple[Publisher, SessionProducer]:
+    """A publish the broker answers with ``error``: the Publisher and the producer it had."""
+    publisher = Publisher("127.0.0.1:1", client_id="test", timeout_s=5)
+    producer = SessionProducer()
+    publisher._producer, publisher._coalescer = producer, BatchCoalescer(producer)
+    call = asyncio.create_task(publisher.publish_many([OutgoingRecord("t", b"v", key=b"k")]))
+    await producer.submitted.wait()
+    producer.ack_all(error)
+    with pytest.raises(PublishUnavailable):
+        await call
+    return publisher, producer
+
+
+async def test_a_producer_whose_session_the_broker_refuses_is_replaced_for_the_next_call() -> None:
+    """After a broker restart an idempotent producer can get OutOfOrderSequenceNumber on every send."""
+    publisher, producer = await publish_answered(OutOfOrderSequenceNumber())
+    assert publisher._producer is None and producer.stopped
+
+
+async def test_a_producer_that_only_timed_out_is_kept() -> None:
+    publisher, producer = await publish_answered(KafkaTimeoutError())
+    assert publisher._producer is producer and not producer.stopped

@@ -12,7 +12,14 @@ from typing import Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
@@ -148,8 +155,33 @@ class Publisher:
             await asyncio.wait_for(send_all(), self._timeout_s)
         except (KafkaError, TimeoutError) as exc:
             log.warning("publish failed", records=count, error=repr(exc))
+            if isinstance(exc, BROKEN_SESSION):
+                await self._discard(producer)
             raise PublishUnavailable(f"Kafka did not acknowledge within {self._timeout_s}s: {exc!r}") from exc
 
+    async def _discard(self, producer: AIOKafkaProducer) -> None:
+        """Drop a producer whose idempotence state the broker no longer accepts: the next call starts a new one."""
+        async with self._lock:
+            replaced = self._producer is not producer  # by another call that failed the same way
+            if not replaced:
+                self._producer = self._coalescer = None
+        if replaced:
+            return
+        log.warning("producer session rejected by the broker; starting a new producer")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), self._timeout_s)
+
+
+# The broker refuses the producer's id or sequence numbers (a broker restart can leave them out of step):
+# every later send of that producer fails the same way, so it is replaced (a new producer id). Batches it
+# had sent were refused, so their callers got a 503 and send again; consumers drop repeats by id.
+BROKEN_SESSION = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    ProducerFenced,
+)
 
 _NO_HEADERS: list[tuple[str, bytes]] = []  # only read by the batch builder
 
