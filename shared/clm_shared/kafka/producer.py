@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -10,10 +11,21 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+)
 from aiokafka.partitioner import murmur2
 
 log = structlog.get_logger(__name__)
+
+# The idempotent producer's id or sequence numbers no longer match the broker's: after a broker restart
+# a batch that timed out in flight leaves a gap (OutOfOrderSequenceNumber), or the broker forgot the id.
+# aiokafka never resets them, so every later send fails alike: such a producer is replaced by a new one.
+BROKEN_PRODUCER = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, InvalidProducerIdMapping)
 
 
 class PublishUnavailable(Exception):
@@ -118,7 +130,21 @@ class Publisher:
             await asyncio.wait_for(send_all(), self._timeout_s)
         except (KafkaError, TimeoutError) as exc:
             log.warning("publish failed", records=len(records), error=repr(exc))
+            if isinstance(exc, BROKEN_PRODUCER):
+                await self._replace(producer)
             raise PublishUnavailable(f"Kafka did not acknowledge within {self._timeout_s}s: {exc!r}") from exc
+
+    async def _replace(self, broken: AIOKafkaProducer) -> None:
+        """Drop a producer whose idempotence state is broken; the next publish starts a new one (a new id)."""
+        async with self._lock:
+            ours = self._producer is broken  # else another publish replaced it already
+            if ours:
+                self._producer = None
+        if not ours:
+            return
+        log.warning("producer state out of step with the broker; starting a new producer")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(broken.stop(), self._timeout_s)
 
 
 def _partition(key: bytes | None, partitions: list[int]) -> int | None:
