@@ -83,14 +83,14 @@ def ingest_service(kafka_bootstrap: str, database_url: str) -> Iterator[RunningS
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def create_key_with_cli(service: RunningService, name: str) -> str:
-    """`clm keys create`, as an operator would run it; the key is the last line."""
+def run_clm(env: dict[str, str], *args: str) -> str:
+    """`clm <args>` as an operator runs it, in the given environment; its last line of output."""
     done = subprocess.run(
-        [sys.executable, "-m", "clm_cli.main", "keys", "create", "--name", name],
-        env=service.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+        [sys.executable, "-m", "clm_cli.main", *args], env=env, capture_output=True, text=True, timeout=120, check=True
     )
     return done.stdout.strip().splitlines()[-1]
+
+
+def create_key_with_cli(service: RunningService, name: str) -> str:
+    """`clm keys create`, as an operator would run it; the key is the last line."""
+    return run_clm(service.env, "keys", "create", "--name", name)

@@ -1,4 +1,4 @@
-"""The real ingest, stage engine and metrics processes on free ports, with a shop's last 90 days sent through them.
+"""The real ingest, stage engine, metrics and campaigns processes, with a shop's last 90 days sent through them.
 
 The dashboard's browser test runs against this as well as against the API double: the page shows
 the services' own data, and a customer whose id (and first-touch source) is markup is among the top.
@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,17 +23,12 @@ import httpx
 import orjson
 import pytest
 
-from campaigns.mail_sink import is_mail_sink
-from clm_cli.infra.process import free_port
-from clm_shared.kafka.admin import ensure_topics
-from clm_shared.topics import Topics
-from tests.conftest import TEST_PARTITIONS, drop_schemas, make_settings
-from tests.e2e.conftest import settings_env
-from tests.secret_watch import read_log, remember_secret, watch_output
+from tests.conftest import drop_schemas, make_settings
+from tests.secret_watch import remember_secret
+from tests.utils.live_platform import LivePlatform
 
 HOSTILE = "<script>alert(1)</script>"
 T = TypeVar("T")
-SERVICES = {"ingest": "ingest", "stage-engine": "stage_engine", "metrics": "metrics", "campaigns": "campaigns"}
 
 
 def shop_events(now: datetime, customers: int = 40, seed: int = 7) -> list[dict[str, Any]]:
@@ -92,82 +83,30 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coroutine).result()
 
 
-def _cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "clm_cli.main", *args], env=env, capture_output=True, text=True, timeout=120, check=True
-    )
-    return done.stdout.strip().splitlines()[-1]
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"{url} did not become ready:\n" + read_log(log)[-3000:])
-        time.sleep(0.1)
-
-
 @contextmanager
 def live_platform(kafka_bootstrap: str, database_url: str) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
     """(metrics URL, read token, the events sent) with the four services running on the shop's data."""
     namespace = f"t{uuid.uuid4().hex[:10]}_"
-    settings = make_settings(kafka_bootstrap, database_url, namespace)
-    _run(ensure_topics(kafka_bootstrap, {name: TEST_PARTITIONS for name in Topics(namespace).all()}))
     scratch = Path(tempfile.mkdtemp(prefix="clm-live-"))
-    ports = {name: free_port() for name in SERVICES}
-    env = settings_env(settings, scratch, ports)
-    env["CLM_ADMIN_TOKEN"] = remember_secret("admin-" + secrets.token_urlsafe(24))
-    # the dashboard's campaigns panel asks this campaigns service, whose mail goes to a local sink
-    env["CLM_CAMPAIGNS_URL"] = f"http://127.0.0.1:{ports['campaigns']}"
-    env["CLM_SMTP_HOST"], env["CLM_SMTP_PORT"] = "127.0.0.1", str(free_port())
-    processes: list[subprocess.Popen[bytes]] = []
-    with ExitStack() as stack:
-        try:
-            sink_log = stack.enter_context((scratch / "mail-sink.log").open("wb"))
-            sink = [sys.executable, "-m", "campaigns.mail_sink"]
-            processes.append(subprocess.Popen(sink, env=env, stdout=sink_log, stderr=sink_log))
-            _run(_wait_for_sink(int(env["CLM_SMTP_PORT"])))
-            for name, module in SERVICES.items():
-                log = stack.enter_context((scratch / f"{name}.log").open("wb"))
-                processes.append(subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=log))
-            for (name, _), process in zip(SERVICES.items(), processes[1:], strict=True):
-                _wait_ready(f"http://127.0.0.1:{ports[name]}", process, scratch / f"{name}.log")
-            key = remember_secret(_cli(env, "keys", "create", "--name", "shop"))
-            token = remember_secret(_cli(env, "tokens", "create", "--name", "dashboard", "--role", "read"))
-            now = datetime.now(UTC)
-            events = shop_events(now)
-            answer = httpx.post(
-                f"http://127.0.0.1:{ports['ingest']}/v1/batch",
-                content=orjson.dumps({"batch": events}),
-                auth=(key, ""),
-                timeout=30,
-            )
-            assert answer.status_code == 200, answer.text
-            metrics = f"http://127.0.0.1:{ports['metrics']}"
-            _wait_applied(metrics, token, events, now)
-            yield metrics, token, events
-        finally:
-            for process in processes:
-                process.send_signal(signal.SIGTERM)
-            for process in processes:
-                process.wait(timeout=30)
-            for name in SERVICES:
-                watch_output(f"{name} log (live dashboard)", read_log(scratch / f"{name}.log"))
-            _run(drop_schemas(database_url, namespace))
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-async def _wait_for_sink(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while not await is_mail_sink(port):
-        if time.monotonic() > deadline:
-            pytest.fail("the mail sink did not start")
-        await asyncio.sleep(0.1)
+    platform = LivePlatform(make_settings(kafka_bootstrap, database_url, namespace), scratch, label="live dashboard")
+    # the dashboard's campaigns panel asks this campaigns service, whose mail goes to the platform's sink
+    platform.env["CLM_CAMPAIGNS_URL"] = platform.url("campaigns")
+    try:
+        _run(platform.start_all())
+        key = remember_secret(platform.cli("keys", "create", "--name", "shop"))
+        token = remember_secret(platform.cli("tokens", "create", "--name", "dashboard", "--role", "read"))
+        now = datetime.now(UTC)
+        events = shop_events(now)
+        answer = httpx.post(
+            platform.url("ingest") + "/v1/batch", content=orjson.dumps({"batch": events}), auth=(key, ""), timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        _wait_applied(platform.url("metrics"), token, events, now)
+        yield platform.url("metrics"), token, events
+    finally:
+        platform.stop_all()
+        _run(drop_schemas(database_url, namespace))
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _wait_applied(metrics: str, token: str, events: list[dict[str, Any]], now: datetime) -> None:

@@ -18,8 +18,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.faults.platform import SERVICES, Infra, Outcome, Platform, Sender, freeze, own_infra, shop_traffic, thaw
+from tests.faults.platform import Infra, Outcome, Platform, freeze, own_infra, thaw
 from tests.secret_watch import remember_secret
+from tests.utils.live_platform import SERVICES, Sender, shop_traffic
 from tests.waiting import wait_for
 
 CUSTOMERS = 100

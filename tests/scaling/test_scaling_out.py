@@ -41,17 +41,15 @@ from tests.scaling.platform import (
     PARTITIONS,
     REPLICAS,
     ScaledPlatform,
-    Sender,
     fully_replicated,
     group_assignments,
     kafka_cluster,
     partition_leaders,
-    read_all,
-    shop_traffic,
     topic_settings,
 )
 from tests.secret_watch import remember_secret
 from tests.utils.engine_state import snapshot
+from tests.utils.live_platform import Sender, read_all, shop_traffic
 from tests.waiting import wait_for
 
 CUSTOMERS = 100
@@ -91,7 +89,8 @@ async def test_a_broker_killed_under_load_loses_no_acknowledged_event_and_repeat
     await wait_for(lambda: twins_share_every_group(platform), timeout_s=120, what="two members in each group")
 
     key = remember_secret(platform.cli("keys", "create", "--name", "shop"))
-    sender = Sender(platform.url("ingest"), key, shop_traffic(CUSTOMERS, datetime.now(UTC) - timedelta(minutes=30)))
+    traffic = shop_traffic(CUSTOMERS, datetime.now(UTC) - timedelta(minutes=30))
+    sender = Sender(platform.url("ingest"), key, traffic, per_second=2.0, timeout_s=15.0)
     sending = asyncio.create_task(sender.run())
     third = len(sender.batches) // 3
     await wait_for(lambda: sender.acked >= third or sending.done(), timeout_s=120, what="a third sent")
