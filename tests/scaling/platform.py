@@ -91,10 +91,11 @@ async def topic_settings(bootstrap: str, topics: list[str]) -> dict[str, tuple[i
         for entry in resource["config_entries"]
         if entry["config_names"] == "min.insync.replicas"
     }
-    return {
-        t["topic"]: (len(t["partitions"]), min(len(p["replicas"]) for p in t["partitions"]), min_isr[t["topic"]])
-        for t in described
-    }
+    settings: dict[str, tuple[int, int, str]] = {}
+    for t in described:
+        replicas = min((len(p["replicas"]) for p in t["partitions"]), default=0)
+        settings[t["topic"]] = (len(t["partitions"]), replicas, min_isr.get(t["topic"], "?"))
+    return settings
 
 
 async def partition_leaders(bootstrap: str, topic: str) -> dict[int, int]:

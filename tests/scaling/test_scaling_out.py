@@ -83,7 +83,12 @@ async def test_a_broker_killed_under_load_loses_no_acknowledged_event_and_repeat
 ) -> None:
     bootstrap, topics = platform.settings.kafka_bootstrap, platform.topics
     await create_topics(platform.settings)
-    assert await topic_settings(bootstrap, topics.all()) == {t: (PARTITIONS, REPLICAS, "2") for t in topics.all()}
+    expected = {t: (PARTITIONS, REPLICAS, "2") for t in topics.all()}
+
+    async def as_expected() -> bool:  # a broker answering may not have the new topics' metadata yet
+        return await topic_settings(bootstrap, topics.all()) == expected
+
+    await wait_for(as_expected, timeout_s=60, what="6 partitions, 3 replicas and min.insync.replicas 2 per topic")
 
     await platform.start_all()
     await wait_for(lambda: twins_share_every_group(platform), timeout_s=120, what="two members in each group")
