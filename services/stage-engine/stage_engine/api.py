@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clm_shared.paths import ANY_TEXT
 from clm_shared.schemas.lifecycle import Health, Stage
 from clm_shared.transactions import transaction
 from stage_engine.batch import Emitted, Erased, event_id
@@ -71,7 +72,7 @@ class CustomerPage(BaseModel):
     next_cursor: str | None
 
 
-@router.get("/{customer_id}", response_model=CustomerPublic)
+@router.get(f"/{{customer_id:{ANY_TEXT}}}", response_model=CustomerPublic)
 async def get_customer(customer_id: str, engine: Engine) -> CustomerPublic:
     """One customer by userId or anonymousId: stage, health, traits, counters and history."""
     async with transaction(engine) as db:
@@ -128,7 +129,7 @@ async def list_customers(
     return CustomerPage(items=items, next_cursor=items[-1].customer_id if len(rows) > limit else None)
 
 
-@router.delete("/{customer_id}", status_code=204)
+@router.delete(f"/{{customer_id:{ANY_TEXT}}}", status_code=204)
 async def erase_customer(customer_id: str, request: Request, engine: Engine) -> Response:
     """Erase a customer: traits, identities and history go; only anonymous stage counts stay.
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -168,3 +169,35 @@ async def test_an_erased_customer_who_comes_back_starts_a_fresh_profile(platform
     second = await platform.customer("back")
     assert first is not None and second is not None
     assert {h["event_id"] for h in first["history"]}.isdisjoint(h["event_id"] for h in second["history"])
+
+
+HOSTILE_IDS = [
+    "'; DROP TABLE customers; --",
+    "<script>alert(1)</script>",
+    "tab\tnew\nline\rbell\x07esc\x1b[31m",
+    "\u202eevil\u200f mixed \u05e9\u05dc\u05d5\u05dd",
+    "\U0001f600" * 40 + "ü" * 100,
+]
+
+
+async def test_hostile_customer_ids_are_stored_and_answered_verbatim(platform: Platform) -> None:
+    """SQL, markup, control characters, direction marks and long unicode: data, never code or a broken answer."""
+    for user in HOSTILE_IDS:
+        await platform.track(user, "Signed Up", 0)
+
+    async def all_engaged() -> bool:
+        for user in HOSTILE_IDS:
+            answer = await platform.engine.get("/v1/customers/" + quote(user, safe=""))
+            if answer.status_code != 200 or answer.json()["stage"] != "engagement":
+                return False
+        return True
+
+    await wait_for(all_engaged, what="every hostile customer engaged")
+    for user in HOSTILE_IDS:
+        answer = await platform.engine.get("/v1/customers/" + quote(user, safe=""))
+        assert answer.headers["content-type"].startswith("application/json")
+        assert answer.json()["customer_id"] == user
+    listed = await platform.engine.get("/v1/customers", params={"stage": "engagement"})
+    assert set(HOSTILE_IDS) <= {c["customer_id"] for c in listed.json()["items"]}
+    records = await read_records(platform.settings.kafka_bootstrap, platform.topics.stage_changes, 2 * len(HOSTILE_IDS))
+    assert {decode(r.value).subject for r in records} == set(HOSTILE_IDS)
