@@ -17,6 +17,7 @@ from campaigns import registry
 from campaigns.definitions import Campaign, DefinitionError, parse_campaign
 from campaigns.registry import Origin, Registered, Status
 from campaigns.stats import CampaignStats, campaign_stats
+from clm_shared.paths import ANY_TEXT
 from clm_shared.transactions import Db, transaction
 
 router = APIRouter(prefix="/v1", tags=["campaigns"])
@@ -368,7 +369,7 @@ async def members(
     return MemberPage(items=items, next=items[-1].run_id if len(rows) > limit else None)
 
 
-@router.get("/customers/{customer_id}/messages", response_model=MessagePage)
+@router.get(f"/customers/{{customer_id:{ANY_TEXT}}}/messages", response_model=MessagePage)
 async def customer_messages(
     customer_id: str,
     engine: Engine,

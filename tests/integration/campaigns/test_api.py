@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -347,6 +348,19 @@ async def test_a_customers_messages_newest_first_in_keyset_pages(api: Api) -> No
     assert first["items"][0]["campaign_id"] == "welcome" and first["items"][0]["channel"] == "email"
     assert "example.com" not in str((first, second, third))
     assert ok(await api.read.get("/v1/customers/nobody/messages")) == {"items": [], "next": None}
+
+
+async def test_a_customer_whose_id_holds_a_slash_or_a_newline_has_their_messages_found(api: Api) -> None:
+    customer = "shop/<b>1</b>\n'; --"
+    async with transaction(api.engine) as db:
+        await db.execute(
+            "INSERT INTO messages (campaign_id, version, customer_id, trigger_id, step, step_name, channel, status,"
+            " due_at, created_at) VALUES ('welcome', 1, $1, 't', 0, 'x', 'email', 'sent', $2, $2)",
+            customer,
+            T0,
+        )
+    page = ok(await api.read.get(f"/v1/customers/{quote(customer, safe='')}/messages"))
+    assert [(m["campaign_id"], m["step_name"]) for m in page["items"]] == [("welcome", "x")]
 
 
 async def test_a_campaign_with_waits_reads_back_as_it_was_written(api: Api) -> None:
