@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,9 +17,8 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from clm_cli.infra.kafka import KafkaServer
-from clm_cli.infra.postgres import PostgresServer
-from clm_cli.infra.process import free_port, two_free_ports
+from clm_cli.infra.scratch import Infra
+from clm_cli.infra.scratch import scratch_infra as infra_in_scratch
 from clm_shared.db import create_engine
 from clm_shared.kafka.admin import partitions_of
 from clm_shared.migrations import apply_migrations
@@ -33,32 +28,11 @@ from ingest.keys import create_key
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@dataclass
-class Infra:
-    kafka: KafkaServer
-    postgres: PostgresServer
-    scratch: Path
-
-
 @contextmanager
 def scratch_infra(name: str) -> Iterator[Infra]:
     """A broker and a database on free ports in a scratch folder, removed afterwards."""
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # refused connects while the broker starts
-    scratch = Path(tempfile.mkdtemp(prefix=f"clm-bench-{name}-"))
-    scratch.chmod(0o755)
-    kafka = KafkaServer(cache_dir=ROOT / ".cache", data_dir=scratch / "kafka", port=two_free_ports())
-    postgres = PostgresServer(data_dir=scratch / "pg", port=free_port())
-    kafka.install()
-    kafka.start()
-    postgres.start()
-    try:
-        kafka.wait_ready()
-        postgres.ensure_database()
-        yield Infra(kafka, postgres, scratch)
-    finally:
-        kafka.stop()
-        postgres.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
+    with infra_in_scratch(f"clm-bench-{name}-", ROOT / ".cache") as infra:
+        yield infra
 
 
 def wait_ready(url: str, timeout_s: float = 120) -> None:

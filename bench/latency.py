@@ -124,3 +124,14 @@ async def latency_run(base: str, key: str, bootstrap: str, topic: str, rate: int
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1],
         "max_ms": latencies[-1],
     }
+
+
+def print_latency(latency: dict[str, Any], rate: int) -> None:
+    """The latency run's lines, the same in every benchmark that has one."""
+    print(
+        f"  ack -> change   : p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms,"
+        f" max {latency['max_ms']:.1f} ms at {rate:,} events/s"
+        f" ({latency['observed']:,} of {latency['events']:,} observed; {latency['late_sends']} requests sent late,"
+        f" {latency['timed_out_requests']} timed out)"
+    )
+    print("  p99 per 5 s    : " + ", ".join(f"{p99:.0f}" for p99 in latency["p99_ms_by_5s"]) + " ms")

@@ -35,7 +35,7 @@ from sqlalchemy import text
 
 from bench.harness import CpuShares, end_offsets, ingest_key, scratch_infra, wait_consumed, wait_ready, write_results
 from bench.ingest.run import ensure_tools
-from bench.latency import latency_run
+from bench.latency import latency_run, print_latency
 from campaigns.consumers import LIFECYCLE_GROUP as CAMPAIGNS_LIFECYCLE
 from campaigns.consumers import TOUCHPOINTS_GROUP as CAMPAIGNS_TOUCHPOINTS
 from clm_cli.infra.process import free_port
@@ -267,13 +267,7 @@ def main() -> None:
             + ", ".join(f"{kind} {share:.0%}" for kind, share in cpu.shares().items())
             + " of a core"
         )
-    print(
-        f"  ack -> change   : p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms,"
-        f" max {latency['max_ms']:.1f} ms at {RATE:,} events/s"
-        f" ({latency['observed']:,} of {latency['events']:,} observed; {latency['late_sends']} requests sent late,"
-        f" {latency['timed_out_requests']} timed out)"
-    )
-    print("  p99 per 5 s    : " + ", ".join(f"{p99:.0f}" for p99 in latency["p99_ms_by_5s"]) + " ms")
+    print_latency(latency, RATE)
     write_results("e2e", summary)
 
 

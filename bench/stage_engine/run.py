@@ -30,7 +30,7 @@ from bench.harness import (
     wait_ready,
     write_results,
 )
-from bench.latency import latency_run
+from bench.latency import latency_run, print_latency
 from bench.stage_engine.ceilings import write_only
 from clm_cli.infra.process import free_port
 from clm_shared.categories import categorize
@@ -207,13 +207,7 @@ def main() -> None:
         print(f"  consume-only    : {consume:9,.0f} events/s (fetch + decode, {ceilings['consume_only_s']:.1f} s)")
         print(f"  write-only      : {write:9,.0f} events/s (save_batch, {ceilings['write_only_s']:.1f} s)")
         print(f"  ratio           : {rate / lower:.0%} of the lower ceiling")
-    print(
-        f"  ack -> change   : p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms,"
-        f" max {latency['max_ms']:.1f} ms at {RATE:,} events/s"
-        f" ({latency['observed']:,} of {latency['events']:,} observed; {latency['late_sends']} requests sent late,"
-        f" {latency['timed_out_requests']} timed out)"
-    )
-    print("  p99 per 5 s    : " + ", ".join(f"{p99:.0f}" for p99 in latency["p99_ms_by_5s"]) + " ms")
+    print_latency(latency, RATE)
     write_results("stage-engine", summary)
 
 

@@ -7,9 +7,7 @@ services (``tests.utils.live_platform``), which can be SIGKILLed and started aga
 
 from __future__ import annotations
 
-import logging
 import os
-import shutil
 import signal
 import uuid
 from collections import Counter
@@ -25,42 +23,20 @@ import httpx
 import orjson
 
 from campaigns.mail_sink import mail_dir, stored_mail
-from clm_cli.infra.kafka import KafkaServer
-from clm_cli.infra.postgres import PostgresServer
-from clm_cli.infra.process import free_port, two_free_ports
+from clm_cli.infra.scratch import Infra, scratch_infra
 from clm_shared.cloudevents import decode
 from clm_shared.settings import Settings
 from tests.conftest import make_settings
-from tests.infra import ROOT, _scratch_dir
+from tests.infra import ROOT
 from tests.utils.engine_state import snapshot
 from tests.utils.live_platform import SERVICES, LivePlatform, read_all
-
-
-@dataclass
-class Infra:
-    kafka: KafkaServer
-    postgres: PostgresServer
-    scratch: Path
 
 
 @contextmanager
 def own_infra() -> Iterator[Infra]:
     """A broker and a PostgreSQL server of these tests' own (native: they are stopped and frozen)."""
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # refused connects while the broker is away
-    scratch = _scratch_dir("faults")
-    kafka = KafkaServer(cache_dir=ROOT / ".cache", data_dir=scratch / "kafka", port=two_free_ports(), heap_mb=512)
-    postgres = PostgresServer(data_dir=scratch / "pg", port=free_port())
-    kafka.install()
-    kafka.start()
-    postgres.start()
-    try:
-        kafka.wait_ready()
-        postgres.ensure_database()
-        yield Infra(kafka, postgres, scratch)
-    finally:
-        kafka.stop()
-        postgres.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
+    with scratch_infra("clm-test-faults-", ROOT / ".cache") as infra:
+        yield infra
 
 
 class Platform(LivePlatform):

@@ -18,7 +18,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.faults.platform import Infra, Outcome, Platform, freeze, own_infra, thaw
+from clm_cli.infra.scratch import Infra
+from tests.faults.platform import Outcome, Platform, freeze, own_infra, thaw
 from tests.secret_watch import remember_secret
 from tests.utils.live_platform import SERVICES, Sender, shop_traffic
 from tests.waiting import wait_for
