@@ -7,7 +7,7 @@ transaction as the ids they dedup by, so a crash or a replay applies a batch onc
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from campaigns import store
 from campaigns.guardrails import Guardrails
-from campaigns.journeys import Journeys, Profile, TriggerEvent
+from campaigns.journeys import Journeys, Profile, TriggerEvent, reacts_to
+from campaigns.registry import WatchedEvents
 from campaigns.tables import EVENT_DEDUP, TOUCHPOINT_DEDUP
 from clm_shared.batch_consumer import TransactionalHandler, cloudevent_handler
 from clm_shared.cloudevents import CloudEventDeserializer, Envelope
@@ -47,6 +48,7 @@ class Decisions:
     guardrails: Guardrails
     clock: Clock
     events_topic: str
+    watched: WatchedEvents = field(default_factory=lambda: WatchedEvents(reacts_to))
 
     async def journeys(self, db: Db, customer_ids: Sequence[str], runs: dict[str, list[Any]]) -> Journeys:
         now = self.clock()
@@ -127,6 +129,11 @@ async def apply_touchpoints(db: Db, batch: Sequence[Touchpoint], decisions: Deci
         return
     await _suppressions(db, tracks, customer_of)
     await _purchases(db, [(customer_of(tp), tp) for tp in tracks if tp.event == ORDER_COMPLETED])
+    # Most touchpoints start, move and end nothing: their customers' runs are not loaded at all.
+    watched = await decisions.watched.names(db)
+    tracks = [tp for tp in tracks if tp.event == ORDER_COMPLETED or tp.event in watched]
+    if not tracks:
+        return
     active = sorted({customer_of(tp) for tp in tracks})
     runs = await store.runs_in_progress(db, active)
     journeys = await decisions.journeys(db, active, runs)

@@ -173,6 +173,19 @@ def triggered_by(campaign: Campaign, event: TriggerEvent) -> bool:
     return trigger.event == event.name
 
 
+def reacts_to(campaign: Campaign) -> set[str]:
+    """Touchpoint event names this version acts on: its trigger, ``exit_on`` and the events its steps wait for.
+
+    ``Journeys.on_trigger`` and ``on_event`` do nothing for any other event name (orders aside, which
+    attribution reads), so a consumer need not load a customer's runs for them.
+    """
+    names = set(campaign.exit_on)
+    if campaign.trigger.event is not None:
+        names.add(campaign.trigger.event)
+    names.update(step.event for step in campaign.steps if isinstance(step, WaitForEventStep))
+    return names
+
+
 class Journeys:
     """Takes decisions for one batch; ``plan`` collects what they write."""
 

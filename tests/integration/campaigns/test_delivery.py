@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from campaigns.definitions import SendStep
+from campaigns.definitions import Campaign, SendStep
 from campaigns.guardrails import assign_variant, in_holdout
 from campaigns.registry import get, save, set_status
 from clm_shared.kafka.admin import ensure_topics
@@ -312,6 +312,43 @@ async def test_a_run_finishes_the_version_it_started_while_new_runs_take_the_new
     assert svc.mails_to(addr("wes"))[0]["Subject"] == "Version two: still thinking?"
     versions = await svc.fetch("SELECT customer_id, version FROM runs ORDER BY customer_id")
     assert [(r["customer_id"], r["version"]) for r in versions] == [("vic", 1), ("wes", 2)]
+
+
+def _quiz(version_steps: list[dict[str, object]]) -> Campaign:
+    send = {
+        "type": "send",
+        "name": "result",
+        "template": {"subject": "Your quiz", "html": "<p>Thanks</p>", "text": "Thanks"},
+    }
+    return Campaign.model_validate(
+        {"id": "quiz", "name": "Quiz", "trigger": {"event": "Quiz Started"}, "steps": [*version_steps, send]}
+    )
+
+
+async def test_events_only_an_old_version_or_a_new_campaign_reacts_to_still_reach_their_runs(
+    svc: CampaignsUnderTest,
+) -> None:
+    """The touchpoint consumer skips events no campaign reacts to: it must still see every version's events."""
+    start = T - timedelta(minutes=2)
+    await svc.touch(
+        identify("yan", start), identify("zoe", start), touchpoint("Product Viewed", customer="yan", at=start)
+    )
+    await svc.settled()  # the consumer knows the shipped campaigns' events now, and not the quiz's
+    wait = {"type": "wait_for_event", "event": "Quiz Finished", "timeout": "2h", "on_event": "continue"}
+    async with transaction(svc.app.state.ctx.engine) as db:
+        assert (await save(db, _quiz([wait]), origin="api", now=T)).version == 1
+    await svc.touch(touchpoint("Quiz Started", customer="yan", at=start))
+    await svc.settled()
+    # version 2 no longer waits: only yan's run of version 1 reacts to "Quiz Finished"
+    async with transaction(svc.app.state.ctx.engine) as db:
+        assert (await save(db, _quiz([]), origin="api", now=T)).version == 2
+    await svc.touch(touchpoint("Quiz Finished", customer="yan", at=start + timedelta(minutes=1)))
+    await svc.touch(touchpoint("Quiz Started", customer="zoe", at=start + timedelta(minutes=1)))
+    await wait_for(
+        lambda: len(svc.mails_to(addr("yan"))) == 1 and len(svc.mails_to(addr("zoe"))) == 1, what="both quiz mails"
+    )
+    versions = await svc.fetch("SELECT customer_id, version, status FROM runs WHERE campaign_id = 'quiz' ORDER BY 1")
+    assert [tuple(r) for r in versions] == [("yan", 1, "done"), ("zoe", 2, "done")]
 
 
 async def test_replaying_the_topics_later_messages_nobody_about_the_past(
