@@ -8,9 +8,8 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from cloudevents.core.bindings.kafka import KafkaMessage, from_structured
+from cloudevents.core.bindings.kafka import KafkaMessage
 from cloudevents.core.formats.json import JSONFormat
-from cloudevents.core.v1.event import CloudEvent
 from pydantic import BaseModel
 
 from clm_shared.schemas.lifecycle import LIFECYCLE_EVENT_TYPES
@@ -74,7 +73,9 @@ def encode(
 def decode(value: bytes | None, *, types: Collection[str] | None = None) -> Envelope:
     """Parse one structured-mode value; anything that is not a valid lifecycle event is a DecodeError.
 
-    With ``types``, an event of any other type is a DecodeError too.
+    With ``types``, an event of any other type is a DecodeError too. Parsed once with orjson: the SDK's
+    second parse (and its timestamp parser) was a tenth of a subscriber's CPU. The tests hold this to
+    the SDK's own reading of the same bytes.
     """
     if value is None:
         raise DecodeError("empty record value")
@@ -94,23 +95,30 @@ def decode(value: bytes | None, *, types: Collection[str] | None = None) -> Enve
         raise DecodeError(f"{SEQUENCE_ATTR}: a positive integer is required, got {sequence!r}")
     if types is not None and body.get("type") not in types:
         raise DecodeError(f"type: unknown event type {body.get('type')!r}")
-    try:
-        event = from_structured(KafkaMessage(headers={}, key=None, value=value), _FORMAT, CloudEvent)
-    except Exception as exc:  # the SDK raises several unrelated types
-        raise DecodeError(f"not a CloudEvent: {exc}") from exc
-    data = event.get_data()
-    time = event.get_time()
-    if not isinstance(data, dict) or time is None:
-        raise DecodeError("data: a lifecycle event needs JSON object data and a time")
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise DecodeError("data: a lifecycle event needs JSON object data")
+    time = _rfc3339(body["time"])
     return Envelope(
-        id=event.get_id(),
-        type=event.get_type(),
-        source=event.get_source(),
-        subject=str(event.get_subject()),
+        id=body["id"],
+        type=body["type"],
+        source=body["source"],
+        subject=body["subject"],
         time=time,
         sequence=sequence,
         data=data,
     )
+
+
+def _rfc3339(text: str) -> datetime:
+    """A CloudEvent's time: RFC 3339, so a date, a ``T``, a time and an offset (``Z`` or ``±hh:mm``)."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None or len(text) < 20 or text[10] not in "Tt":
+        raise DecodeError(f"time: an RFC 3339 time is required, got {text!r}")
+    return parsed
 
 
 class CloudEventDeserializer:

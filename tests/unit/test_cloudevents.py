@@ -1,11 +1,16 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
+from cloudevents.core.bindings.kafka import KafkaMessage, from_structured
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+from hypothesis import given
+from hypothesis import strategies as st
 
-from clm_shared.cloudevents import CloudEventDeserializer, decode, encode
+from clm_shared.cloudevents import CloudEventDeserializer, Envelope, decode, encode
 from clm_shared.schemas.lifecycle import (
     CAMPAIGN_EVENT_TYPES,
     LIFECYCLE_EVENT_TYPES,
@@ -109,3 +114,68 @@ def test_the_deserializer_knows_the_lifecycle_types_and_can_learn_more() -> None
         deserialize(_event(type="clm.campaign.sent"))
     both = deserialize.with_types(*CAMPAIGN_EVENT_TYPES)
     assert both(_event(type="clm.campaign.sent")).sequence == 3
+
+
+def _sdk_reading(value: bytes) -> Envelope:
+    """The CloudEvents SDK's own reading of a structured-mode value: what ``decode`` must agree with."""
+    event = from_structured(KafkaMessage(headers={}, key=None, value=value), JSONFormat(), CloudEvent)
+    data, time = event.get_data(), event.get_time()
+    assert isinstance(data, dict) and time is not None
+    return Envelope(
+        event.get_id(),
+        event.get_type(),
+        event.get_source(),
+        str(event.get_subject()),
+        time,
+        int(event.get_extension("sequence")),
+        data,
+    )
+
+
+_TEXT = st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=30)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(
+    event_id=_TEXT,
+    subject=_TEXT,
+    event_type=st.sampled_from(sorted(LIFECYCLE_EVENT_TYPES | CAMPAIGN_EVENT_TYPES)),
+    sequence=st.integers(1, 2**62),
+    time=st.datetimes(
+        min_value=datetime(1971, 1, 1),
+        max_value=datetime(2200, 1, 1),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]),
+    ),
+    utc_as_z=st.booleans(),
+    data=st.dictionaries(_TEXT, _JSON, min_size=1, max_size=4),
+)
+def test_decode_reads_every_event_as_the_cloudevents_sdk_does(
+    event_id: str,
+    subject: str,
+    event_type: str,
+    sequence: int,
+    time: datetime,
+    utc_as_z: bool,
+    data: dict[str, object],
+) -> None:
+    stamp = time.isoformat()
+    if utc_as_z:
+        stamp = stamp.replace("+00:00", "Z")
+    value = _event(id=event_id, subject=subject, type=event_type, sequence=sequence, time=stamp, data=data)
+    decoded = decode(value)
+    assert decoded == _sdk_reading(value)
+    assert decoded.time == time and decoded.time.utcoffset() == time.utcoffset()
+
+
+def test_empty_data_is_an_empty_object_where_the_sdk_reads_none() -> None:
+    assert decode(_event(data={})).data == {}
+
+
+@pytest.mark.parametrize("stamp", ["2026-03-01", "2026-03-01T12:00:00", "2026-03-01 12:00:00Z", "12:00:00Z", "x" * 25])
+def test_a_time_that_is_not_rfc_3339_is_a_decode_error(stamp: str) -> None:
+    with pytest.raises(DecodeError, match="RFC 3339"):
+        decode(_event(time=stamp))

@@ -12,7 +12,7 @@ from typing import Any
 
 from clm_shared.cloudevents import Envelope
 from clm_shared.schemas.lifecycle import STAGE_ORDER, EventType, Stage
-from clm_shared.schemas.touchpoint import Touchpoint
+from clm_shared.schemas.touchpoint import AnyTouchpoint
 
 # The per-customer, per-day counters (columns of ``daily_facts``), in one order.
 COUNTERS: tuple[str, ...] = (
@@ -92,7 +92,7 @@ def campaign_source(context: dict[str, Any]) -> str | None:
     return source if isinstance(source, str) and source else None
 
 
-def touchpoint_facts(tp: Touchpoint, customer_id: str) -> TouchpointFacts:
+def touchpoint_facts(tp: AnyTouchpoint, customer_id: str) -> TouchpointFacts:
     """The counters and key event one touchpoint adds for ``customer_id`` (its key, aliases resolved)."""
     counters: dict[str, float] = {}
     key_event = None

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 
 from clm_shared.cloudevents import Envelope
-from clm_shared.schemas.touchpoint import Touchpoint
+from clm_shared.schemas.touchpoint import AnyTouchpoint
 from clm_shared.transactions import Db
 from metrics.facts import (
     COUNTERS,
@@ -33,7 +33,7 @@ async def resolve(db: Db, keys: set[str]) -> dict[str, str]:
     return {row[0]: row[1] for row in rows}
 
 
-async def apply_touchpoints(db: Db, touchpoints: Sequence[Touchpoint]) -> None:
+async def apply_touchpoints(db: Db, touchpoints: Sequence[AnyTouchpoint]) -> None:
     mapping = await resolve(db, {tp.customer_key for tp in touchpoints})
     facts = [touchpoint_facts(tp, mapping.get(tp.customer_key, tp.customer_key)) for tp in touchpoints]
     await _first_touches(db, facts)
