@@ -334,7 +334,12 @@ async def test_events_only_an_old_version_or_a_new_campaign_reacts_to_still_reac
         identify("yan", start), identify("zoe", start), touchpoint("Product Viewed", customer="yan", at=start)
     )
     await svc.settled()  # the consumer knows the shipped campaigns' events now, and not the quiz's
-    wait = {"type": "wait_for_event", "event": "Quiz Finished", "timeout": "2h", "on_event": "continue"}
+    wait: dict[str, object] = {
+        "type": "wait_for_event",
+        "event": "Quiz Finished",
+        "timeout": "2h",
+        "on_event": "continue",
+    }
     async with transaction(svc.app.state.ctx.engine) as db:
         assert (await save(db, _quiz([wait]), origin="api", now=T)).version == 1
     await svc.touch(touchpoint("Quiz Started", customer="yan", at=start))
