@@ -69,15 +69,18 @@ def _timezone(traits: dict[str, Any], context: dict[str, Any]) -> str | None:
     return None
 
 
-def _update_profile(profile: Profile, tp: AnyTouchpoint) -> bool:
-    """identify traits (and traits sent in a call's context) update the profile; True if it changed."""
-    traits = dict(tp.traits)
+def _profile_input(tp: AnyTouchpoint) -> tuple[dict[str, Any], str | None] | None:
+    """The traits and timezone a call brings (identify traits, and traits sent in its context), if any."""
+    traits = tp.traits
     context_traits = tp.context.get("traits")
-    if isinstance(context_traits, dict):
+    if isinstance(context_traits, dict) and context_traits:
         traits = {**context_traits, **traits}
     zone = _timezone(traits, tp.context)
-    if not traits and zone is None:
-        return False
+    return (traits, zone) if traits or zone is not None else None
+
+
+def _update_profile(profile: Profile, traits: dict[str, Any], zone: str | None) -> bool:
+    """Apply a call's traits and timezone to the profile; True if it changed."""
     before = (profile.email, profile.timezone, dict(profile.traits))
     profile.traits = {**profile.traits, **traits}
     email = traits.get("email")
@@ -103,7 +106,6 @@ def _products(properties: dict[str, Any]) -> list[tuple[str, str | None, int]]:
 async def apply_touchpoints(db: Db, batch: Sequence[AnyTouchpoint], decisions: Decisions) -> None:
     aliases = await store.identities(db, {i for tp in batch for i in (tp.anonymous_id, tp.previous_id) if i})
     links: dict[str, str] = {}
-    customers: list[str] = []
     for tp in batch:
         if tp.user_id:
             for alias in (tp.anonymous_id, tp.previous_id if tp.type == "alias" else None):
@@ -114,25 +116,27 @@ async def apply_touchpoints(db: Db, batch: Sequence[AnyTouchpoint], decisions: D
     def customer_of(tp: AnyTouchpoint) -> str:
         return tp.user_id or aliases.get(tp.customer_key) or tp.customer_key
 
-    customers = sorted({customer_of(tp) for tp in batch})
+    tracks = [tp for tp in batch if tp.type == "track" and tp.event]
+    await _suppressions(db, tracks, customer_of)
+    await _purchases(db, [(customer_of(tp), tp) for tp in tracks if tp.event == ORDER_COMPLETED])
+    # Most touchpoints bring no traits and start, move and end nothing: their customers are not
+    # locked, and their profiles and runs not loaded.
+    if tracks:
+        watched = await decisions.watched.names(db)
+        tracks = [tp for tp in tracks if tp.event == ORDER_COMPLETED or tp.event in watched]
+    inputs = [(tp, found) for tp in batch if (found := _profile_input(tp)) is not None]
+    customers = sorted({customer_of(tp) for tp in tracks} | {customer_of(tp) for tp, _ in inputs})
+    if not customers:
+        return
     await store.lock_customers(db, customers)
     profiles = await store.profiles(db, customers)
     changed: dict[str, Profile] = {}
-    for tp in batch:
+    for tp, (traits, zone) in inputs:
         profile = profiles[customer_of(tp)]
-        if _update_profile(profile, tp):
+        if _update_profile(profile, traits, zone):
             changed[profile.customer_id] = profile
     now = decisions.clock()
     await store.save_traits(db, changed.values(), now)
-
-    tracks = [tp for tp in batch if tp.type == "track" and tp.event]
-    if not tracks:
-        return
-    await _suppressions(db, tracks, customer_of)
-    await _purchases(db, [(customer_of(tp), tp) for tp in tracks if tp.event == ORDER_COMPLETED])
-    # Most touchpoints start, move and end nothing: their customers' runs are not loaded at all.
-    watched = await decisions.watched.names(db)
-    tracks = [tp for tp in tracks if tp.event == ORDER_COMPLETED or tp.event in watched]
     if not tracks:
         return
     active = sorted({customer_of(tp) for tp in tracks})
