@@ -12,6 +12,7 @@ from cloudevents.core.bindings.kafka import KafkaMessage
 from cloudevents.core.formats.json import JSONFormat
 from pydantic import BaseModel
 
+from clm_shared.kafka.producer import OutgoingRecord
 from clm_shared.schemas.lifecycle import LIFECYCLE_EVENT_TYPES
 from clm_shared.serde import DecodeError, Headers
 
@@ -35,6 +36,10 @@ class Envelope:
     data: dict[str, Any]
 
 
+# The one header of every structured-mode record.
+HEADERS: tuple[tuple[str, bytes], ...] = (("content-type", _FORMAT.CONTENT_TYPE.encode()),)
+
+
 def encode(
     *,
     event_id: str,
@@ -45,21 +50,69 @@ def encode(
     time: datetime,
     data: BaseModel | dict[str, Any],
 ) -> KafkaMessage:
-    """A structured-mode message keyed by the customer id.
+    """A structured-mode message keyed by the customer id (``encode_value`` with its key and header)."""
+    value = encode_value(
+        event_id=event_id,
+        event_type=event_type,
+        service=service,
+        customer_id=customer_id,
+        sequence=sequence,
+        time=time,
+        data=data,
+    )
+    return KafkaMessage(headers=dict(HEADERS), key=customer_id.encode(), value=value)
+
+
+def to_record(
+    topic: str,
+    *,
+    event_id: str,
+    event_type: str,
+    service: str,
+    customer_id: str,
+    sequence: int,
+    time: datetime,
+    data: BaseModel | dict[str, Any],
+) -> OutgoingRecord:
+    """The event as an outgoing (outbox) record for ``topic``, keyed by the customer id."""
+    value = encode_value(
+        event_id=event_id,
+        event_type=event_type,
+        service=service,
+        customer_id=customer_id,
+        sequence=sequence,
+        time=time,
+        data=data,
+    )
+    return OutgoingRecord(topic, value, key=customer_id.encode(), headers=HEADERS)
+
+
+def encode_value(
+    *,
+    event_id: str,
+    event_type: str,
+    service: str,
+    customer_id: str,
+    sequence: int,
+    time: datetime,
+    data: BaseModel | dict[str, Any],
+) -> bytes:
+    """The record value of a structured-mode CloudEvent, for hot paths that send it with ``HEADERS``.
 
     Written with orjson rather than through the SDK's JSON format (a third of the engine's encoding
-    time); ``decode`` reads it back with the SDK, and the tests hold the two together. ``data`` is a
-    model, or for hot paths the same fields as a plain dict (enums and UTC times as orjson writes
-    them, which is as pydantic writes them: no model built and dumped per event).
+    time); ``decode`` reads it back as the SDK does, and the tests hold the two together. ``data`` is
+    a model, or for hot paths the same fields as a plain dict (enums and UTC times as orjson writes
+    them, which is as pydantic writes them: no model built and dumped per event). Times go to orjson
+    as they are: it writes RFC 3339 as ``isoformat`` does, with ``Z`` for UTC, at a tenth of the cost.
     """
-    value = orjson.dumps(
+    return orjson.dumps(
         {
             "specversion": "1.0",
             "id": event_id,
             "type": str(event_type),
             "source": SOURCE_PREFIX + service,
             "subject": customer_id,
-            "time": time.isoformat().replace("+00:00", "Z"),
+            "time": time,
             "datacontenttype": "application/json",
             SEQUENCE_ATTR: sequence,
             # dict first: isinstance against a pydantic model class goes through ABCMeta, slow per event.
@@ -67,7 +120,6 @@ def encode(
         },
         option=orjson.OPT_UTC_Z,
     )
-    return KafkaMessage(headers={"content-type": _FORMAT.CONTENT_TYPE.encode()}, key=customer_id.encode(), value=value)
 
 
 def decode(value: bytes | None, *, types: Collection[str] | None = None) -> Envelope:

@@ -115,6 +115,10 @@ def create_service_app(
         # removes the long gen-2 pauses that showed up as tail latency under load.
         gc.collect()
         gc.freeze()
+        # A consumer's batch allocates tens of thousands of short-lived objects: at the default
+        # threshold (700) the young generation was scanned every few hundred of them, a fifth of the
+        # stage engine's pure CPU per touchpoint; at 10,000 most die before a scan (a sixth less CPU).
+        gc.set_threshold(10_000, 10, 10)
         log.info(
             "service started",
             service=name,

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from campaigns.definitions import Campaign
 from campaigns.journeys import CapLedger, LiveCampaign, Plan, Profile, Run
 from campaigns.registry import list_all, versions
-from clm_shared.cloudevents import encode
+from clm_shared.cloudevents import to_record
 from clm_shared.kafka.producer import OutgoingRecord
 from clm_shared.outbox import Outbox
 from clm_shared.schemas.lifecycle import CampaignConverted, EventType
@@ -312,7 +312,8 @@ async def write_plan(db: Db, plan: Plan, *, topic: str, now: datetime) -> None:
 def campaign_event(
     kind: EventType, key: str, customer_id: str, sequence: int, at: datetime, data: BaseModel, topic: str
 ) -> OutgoingRecord:
-    message = encode(
+    return to_record(
+        topic,
         event_id=event_id(str(kind), key),
         event_type=kind,
         service=SERVICE,
@@ -321,7 +322,6 @@ def campaign_event(
         time=at,
         data=data,
     )
-    return OutgoingRecord(topic, message.value, key=customer_id.encode(), headers=tuple(message.headers.items()))
 
 
 async def next_sequences(db: Db, customer_ids: Sequence[str]) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from clm_shared.cloudevents import encode
+from clm_shared.cloudevents import to_record as cloudevent_record
 from clm_shared.kafka.producer import OutgoingRecord
 from clm_shared.schemas.lifecycle import LIFECYCLE_SCHEMA_VERSION, EventType
 from stage_engine.batch import Emitted, Merged
@@ -16,7 +16,8 @@ SERVICE = "stage-engine"
 
 def to_record(item: Emitted, topic: str) -> OutgoingRecord:
     kind, time, data = event_data(item)
-    message = encode(
+    return cloudevent_record(
+        topic,
         event_id=item.event_id,
         event_type=kind,
         service=SERVICE,
@@ -25,7 +26,6 @@ def to_record(item: Emitted, topic: str) -> OutgoingRecord:
         time=time,
         data=data,
     )
-    return OutgoingRecord(topic, message.value, key=item.customer_id.encode(), headers=tuple(message.headers.items()))
 
 
 def event_data(item: Emitted) -> tuple[EventType, datetime, dict[str, Any]]:
