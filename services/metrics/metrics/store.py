@@ -54,10 +54,13 @@ async def _first_touches(db: Db, facts: Sequence[TouchpointFacts]) -> None:
         if fact.customer_id not in first or fact.at < first[fact.customer_id].at:
             first[fact.customer_id] = fact
     ordered = sorted(first)  # one lock order, so two instances never deadlock
+    # Most customers of a batch were seen before and earlier: the NOT EXISTS skips them with an index
+    # read, where the conflict clause alone would lock (and log) each of their rows to change nothing.
     await db.execute(
         """
         INSERT INTO customers (customer_id, first_touch_at, source)
-        SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[])
+        SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS u(c, t, s)
+        WHERE NOT EXISTS (SELECT 1 FROM customers k WHERE k.customer_id = u.c AND k.first_touch_at <= u.t)
         ON CONFLICT (customer_id) DO UPDATE SET first_touch_at = excluded.first_touch_at, source = excluded.source
         WHERE excluded.first_touch_at < customers.first_touch_at
         """,
