@@ -98,9 +98,12 @@ class Plan:
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     timers: dict[int, Run] = field(default_factory=dict)  # by id(run): the run's wait is (re)scheduled or gone
     conversions: list[tuple[Run, datetime, dict[str, Any]]] = field(default_factory=list)
+    _changed: set[int] = field(default_factory=set, repr=False)  # id() of each run in changed_runs
 
     def touch(self, run: Run) -> None:
-        if run.run_id is not None and all(r is not run for r in self.changed_runs):
+        # A set of the runs already listed: scanning the list made a batch quadratic in its changed runs.
+        if run.run_id is not None and id(run) not in self._changed:
+            self._changed.add(id(run))
             self.changed_runs.append(run)
         self.timers[id(run)] = run
 
