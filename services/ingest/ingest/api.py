@@ -199,9 +199,10 @@ def _fast_records(body: bytes, endpoint: str, source: str, received_at: datetime
     request = decode_request(body, endpoint)
     if request is None:
         return None
-    message_ids = MessageIds(sum(1 for entry in request.calls if not entry.call.message_id))
     try:
-        return touchpoint_records(request, received_at=received_at, source=source, message_id=message_ids)
+        return touchpoint_records(
+            request, received_at=received_at, source=source, message_id=MessageIds(request.missing_ids)
+        )
     except TypeError:  # an integer JSON text holds but orjson does not: the pydantic path reads it as a float
         return None
 

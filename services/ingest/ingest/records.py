@@ -60,7 +60,7 @@ def touchpoint_records(
         group_id = previous_id = None
         if kind == "track":
             event, properties = call.event, call.properties  # type: ignore[union-attr]
-            category = _TRACK_CATEGORIES.get(event, _OTHER)  # type: ignore[arg-type]
+            category = _TRACK_CATEGORIES.get(event, _OTHER)
         else:
             category = _KIND_CATEGORIES[kind]
             if kind == "page" or kind == "screen":
