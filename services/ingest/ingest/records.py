@@ -25,6 +25,9 @@ _TRACK_CATEGORIES = {event: category.value for event, category in EVENT_CATEGORY
 _OTHER = categorize("track", None).value
 _KIND_CATEGORIES = {kind: categorize(kind).value for kind in ("identify", "page", "screen", "group", "alias")}
 
+# What a call without properties or traits writes; only ever read (by orjson).
+_EMPTY: dict[str, Any] = {}
+
 # The times of a call as written on the record: (timestamp, original_timestamp, sent_at).
 _Times = tuple[str, str | None, str | None]
 
@@ -55,8 +58,7 @@ def touchpoint_records(
             )
         customer_key = user_id or anonymous_id or ""
         event: str | None = None
-        properties: dict[str, Any] = {}
-        traits: dict[str, Any] = {}
+        properties = traits = _EMPTY
         group_id = previous_id = None
         if kind == "track":
             event, properties = call.event, call.properties  # type: ignore[union-attr]
@@ -97,7 +99,7 @@ def touchpoint_records(
             "received_at": received,
             "source": source,
         }
-        records.append((customer_key.encode(), orjson.dumps(value, option=_OPTIONS)))
+        records.append((customer_key.encode(), orjson.dumps(value)))  # every date-time is text by now
     return records
 
 

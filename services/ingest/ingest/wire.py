@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, NamedTuple, Union
+from typing import Annotated, Any, Union
 
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct
@@ -124,13 +124,9 @@ class _Batch(Struct, rename="camel", forbid_unknown_fields=True):
 _BATCH_DECODER = msgspec.json.Decoder(_Batch)
 
 
-class WireEntry(NamedTuple):
-    """One accepted call with its type and its ids as text (an empty id is None)."""
-
-    kind: str
-    call: WireCall
-    user_id: str | None
-    anonymous_id: str | None
+# One accepted call: (type, call, userId as text, anonymousId as text), an empty id as None. A plain
+# tuple: building a NamedTuple runs Python code, a third of the per-call checks' time.
+WireEntry = tuple[str, WireCall, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -155,7 +151,7 @@ def decode_request(body: bytes, endpoint: str) -> WireRequest | None:
             entry = _entry(endpoint, _SINGLE_DECODERS[endpoint].decode(body), times)
             if entry is None:
                 return None
-            return WireRequest([entry], {}, {}, None, times, 0 if entry.call.message_id else 1)
+            return WireRequest([entry], {}, {}, None, times, 0 if entry[1].message_id else 1)
         request = _BATCH_DECODER.decode(body)
         calls: list[WireEntry] = []
         missing_ids = 0
@@ -201,7 +197,7 @@ def _entry(kind: str, call: WireCall, times: dict[str, datetime]) -> WireEntry |
         times[call.timestamp] = parse_time(call.timestamp)
     if call.sent_at is not None and call.sent_at not in times:
         times[call.sent_at] = parse_time(call.sent_at)
-    return WireEntry(kind, call, user_id or None, anonymous_id or None)
+    return kind, call, user_id or None, anonymous_id or None
 
 
 def id_text(value: str | int | None) -> str | None:
