@@ -132,8 +132,8 @@ class Publisher:
             lanes = await _lanes(producer, topic)
             count = len(lanes)
             by_lane: list[list[tuple[bytes | None, bytes]]] = [[] for _ in lanes]
-            for record in records:
-                by_lane[_pick(record[0], count)].append(record)
+            for record in records:  # keys are never None here: ``_pick`` without its test for that
+                by_lane[_key_hash(record[0]) % count].append(record)
             acked: set[asyncio.Future[None]] = set()
             for lane, lane_records in zip(lanes, by_lane, strict=True):
                 if lane_records:
