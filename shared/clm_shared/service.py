@@ -7,7 +7,7 @@ import gc
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clm_shared.access.cache import SecretHashes
 from clm_shared.access.dependency import Access, require_token
@@ -84,13 +84,15 @@ def create_service_app(
     on_start: StartHook | None = None,
     on_stop: StartHook | None = None,
     title: str | None = None,
+    direct_posts: Mapping[str, ASGIApp] | None = None,
 ) -> FastAPI:
     """A FastAPI app with the service's lifespan (database, migrations, topics) and ops endpoints.
 
     Every route of ``routers`` requires an API token (``require_token``); only the ops endpoints,
     the OpenAPI description, ``open_routers`` (routers that serve no data and need no token, such as
     a dashboard's page and static files) and routes a service mounts itself (ingest's tracking API)
-    are open.
+    are open. ``direct_posts`` maps paths to ASGI apps that answer POSTs to them ahead of routing
+    and the framework's middleware (inside the body limits): for a hot path that does its own work.
     """
     configure_logging(settings.log_level, settings.log_format, service=name)  # again in each worker
 
@@ -138,7 +140,10 @@ def create_service_app(
     build_stack = app.build_middleware_stack
 
     def build_stack_with_limits() -> ASGIApp:
-        return BodyLimits(build_stack(), timeout_s=settings.http_body_timeout_s, max_bytes=settings.http_max_body_bytes)
+        stack = build_stack()
+        if direct_posts:
+            stack = DirectPosts(stack, direct_posts)
+        return BodyLimits(stack, timeout_s=settings.http_body_timeout_s, max_bytes=settings.http_max_body_bytes)
 
     app.build_middleware_stack = build_stack_with_limits  # type: ignore[method-assign]
     app.include_router(ops_router(name))
@@ -147,6 +152,37 @@ def create_service_app(
     for router in open_routers:
         app.include_router(router)
     return app
+
+
+class DirectPosts:
+    """POSTs to a few exact paths go to their own ASGI app, skipping Starlette's routing and middleware.
+
+    An exception the app lets out is answered as Starlette's error layer would (a plain 500, unless
+    an answer was started) and raised on for the server to log.
+    """
+
+    def __init__(self, app: ASGIApp, posts: Mapping[str, ASGIApp]) -> None:
+        self.app = app
+        self.posts = dict(posts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        direct = self.posts.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if direct is None:
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await direct(scope, receive, tracked_send)
+        except Exception:
+            if not started:
+                await PlainTextResponse("Internal Server Error", 500)(scope, receive, send)
+            raise
 
 
 def ops_router(name: str) -> APIRouter:

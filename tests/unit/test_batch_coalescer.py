@@ -90,6 +90,21 @@ async def test_a_full_batch_is_followed_by_another_for_the_same_partition() -> N
     assert all(tp == A for tp, _, _ in producer.sent)
 
 
+async def test_appending_a_partitions_records_at_once_fills_the_same_batches_in_order() -> None:
+    producer = FakeProducer(batch_size=1000)
+    coalescer = BatchCoalescer(producer)
+    before = coalescer.append(A, b"k", b"x" * 400, [])
+    joined = coalescer.append_all(A, [(b"k", b"x" * 400) for _ in range(4)], [])
+    assert joined[0] is before and len(joined) == len(set(joined)) > 1  # each batch joined once, the open one first
+    coalescer.flush_soon()
+    for _ in range(len(joined)):
+        await asyncio.sleep(0)
+        producer.ack_all()
+        await asyncio.sleep(0)
+    await asyncio.gather(before, *joined)
+    assert sum(count for _, count, _ in producer.sent) == 5
+
+
 async def test_a_failed_batch_fails_only_the_calls_that_joined_it() -> None:
     producer = FakeProducer(refuse={B})
     coalescer = BatchCoalescer(producer)

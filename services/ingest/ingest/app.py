@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from clm_shared.kafka.producer import Publisher
 from clm_shared.service import ServiceContext, create_service_app
 from clm_shared.settings import Settings, get_settings
-from ingest.api import IngestRuntime, install_tracking_api
+from ingest.api import TRACKING_CALLS, IngestRuntime, install_tracking_api
 from ingest.auth import WriteKeys
 from ingest.keys import active_key_hashes
 from ingest.publishing import TouchpointPublisher
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         on_start=on_start,
         on_stop=on_stop,
         title="clm ingest (Segment-compatible tracking API)",
+        direct_posts=TRACKING_CALLS,
     )
     install_tracking_api(app)
     return app

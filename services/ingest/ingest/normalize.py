@@ -28,29 +28,31 @@ def new_message_id() -> str:
 # Version 4 and the RFC 4122 variant, set on a byte: what ``uuid.UUID(bytes=..., version=4)`` does.
 _VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))
 _VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
+# Where each of the 32 hex digits of an id goes in its 36 characters (8-4-4-4-12, dashes between).
+_DIGIT_AT = [at for at in range(36) if at not in (8, 13, 18, 23)]
 
 
 class MessageIds:
     """Random (version 4) ids for the events of one request, from one read of the OS's randomness.
 
-    ``uuid4()`` asks the kernel once per id, which showed up as 12% of a batch request's time; the ids
-    are formatted from one hex string of the pool, as ``str(uuid.UUID(...))`` would write them.
+    ``uuid4()`` asks the kernel once per id, which showed up as 12% of a batch request's time. The
+    ids are written all at once, as ``str(uuid.UUID(...))`` would write them: each of the 36
+    character positions is one strided copy over every id, so no Python code runs per id.
     """
 
     def __init__(self, count: int, random: Callable[[int], bytes] = os.urandom) -> None:
         pool = bytearray(random(16 * count))
         pool[6::16] = pool[6::16].translate(_VERSION_4)
         pool[8::16] = pool[8::16].translate(_VARIANT)
-        self._hex = pool.hex()
-        self._next = 0
+        digits = pool.hex().encode()
+        text = bytearray(b"-" * (37 * count))  # 36 characters and a separator per id
+        text[36::37] = b" " * count
+        for digit, at in enumerate(_DIGIT_AT):
+            text[at::37] = digits[digit::32]
+        self._ids = iter(text.decode().split())
 
     def __call__(self) -> str:
-        start = self._next
-        if start >= len(self._hex):
-            return new_message_id()
-        self._next = start + 32
-        h = self._hex[start : start + 32]
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        return next(self._ids, None) or new_message_id()
 
 
 def corrected_timestamp(timestamp: datetime | None, sent_at: datetime | None, received_at: datetime) -> datetime:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, NamedTuple, Union
+from typing import Annotated, Any, Union
 
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct
@@ -124,13 +124,9 @@ class _Batch(Struct, rename="camel", forbid_unknown_fields=True):
 _BATCH_DECODER = msgspec.json.Decoder(_Batch)
 
 
-class WireEntry(NamedTuple):
-    """One accepted call with its type and its ids as text (an empty id is None)."""
-
-    kind: str
-    call: WireCall
-    user_id: str | None
-    anonymous_id: str | None
+# One accepted call: (type, call, userId as text, anonymousId as text), an empty id as None. A plain
+# tuple: building a NamedTuple runs Python code, a third of the per-call checks' time.
+WireEntry = tuple[str, WireCall, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -142,6 +138,7 @@ class WireRequest:
     integrations: dict[str, Any]
     sent_at: datetime | None
     times: dict[str, datetime]  # every date-time text of the request, read once
+    missing_ids: int = 0  # calls without a messageId: ingest generates one for each
 
 
 def decode_request(body: bytes, endpoint: str) -> WireRequest | None:
@@ -152,21 +149,27 @@ def decode_request(body: bytes, endpoint: str) -> WireRequest | None:
             if len(body) > _SURELY_SMALL:
                 return None
             entry = _entry(endpoint, _SINGLE_DECODERS[endpoint].decode(body), times)
-            return WireRequest([entry], {}, {}, None, times) if entry else None
+            if entry is None:
+                return None
+            return WireRequest([entry], {}, {}, None, times, 0 if entry[1].message_id else 1)
         request = _BATCH_DECODER.decode(body)
         calls: list[WireEntry] = []
+        missing_ids = 0
+        decode, kinds = _ITEM_DECODER.decode, _ITEM_KINDS
         for raw in request.batch:
             if len(raw) > _SURELY_SMALL:
                 return None
-            item = _ITEM_DECODER.decode(raw)
-            entry = _entry(_ITEM_KINDS[type(item)], item, times)
+            item = decode(raw)
+            entry = _entry(kinds[type(item)], item, times)
             if entry is None:
                 return None
             calls.append(entry)
+            if not item.message_id:
+                missing_ids += 1
         sent_at = _read_time(request.sent_at, times) if request.sent_at is not None else None
     except (msgspec.ValidationError, msgspec.DecodeError, ValueError):
         return None
-    return WireRequest(calls, request.context, request.integrations, sent_at, times)
+    return WireRequest(calls, request.context, request.integrations, sent_at, times, missing_ids)
 
 
 def _read_time(text: str, times: dict[str, datetime]) -> datetime:
@@ -178,19 +181,23 @@ def _read_time(text: str, times: dict[str, datetime]) -> datetime:
 
 def _entry(kind: str, call: WireCall, times: dict[str, datetime]) -> WireEntry | None:
     """What pydantic checks beyond the types (an identity, ids of at most 1,024 characters as text), or None."""
-    user_id = id_text(call.user_id) or None
-    anonymous_id = id_text(call.anonymous_id) or None
-    if not (user_id or anonymous_id) or len(user_id or "") > 1024 or len(anonymous_id or "") > 1024:
+    # msgspec never decodes a JSON boolean as an int, so isinstance is the same test as in ``id_text``.
+    user_id = str(call.user_id) if isinstance(call.user_id, int) else call.user_id
+    anonymous_id = str(call.anonymous_id) if isinstance(call.anonymous_id, int) else call.anonymous_id
+    if not (user_id or anonymous_id):
         return None
-    if isinstance(call, WireGroup) and not 0 < len(id_text(call.group_id) or "") <= 1024:
+    if (user_id and len(user_id) > 1024) or (anonymous_id and len(anonymous_id) > 1024):
         return None
-    if isinstance(call, WireAlias) and not 0 < len(id_text(call.previous_id) or "") <= 1024:
+    if kind == "group" and not 0 < len(id_text(call.group_id) or "") <= 1024:  # type: ignore[union-attr]
         return None
-    if call.timestamp is not None:
-        _read_time(call.timestamp, times)  # raises ValueError for a date-time the fast path does not read
-    if call.sent_at is not None:
-        _read_time(call.sent_at, times)
-    return WireEntry(kind, call, user_id, anonymous_id)
+    if kind == "alias" and not 0 < len(id_text(call.previous_id) or "") <= 1024:  # type: ignore[union-attr]
+        return None
+    # A date-time the fast path does not read raises ValueError.
+    if call.timestamp is not None and call.timestamp not in times:
+        times[call.timestamp] = parse_time(call.timestamp)
+    if call.sent_at is not None and call.sent_at not in times:
+        times[call.sent_at] = parse_time(call.sent_at)
+    return kind, call, user_id or None, anonymous_id or None
 
 
 def id_text(value: str | int | None) -> str | None:

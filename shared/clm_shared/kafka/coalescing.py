@@ -53,6 +53,30 @@ class BatchCoalescer:
         batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
         return batch.acked
 
+    def append_all(
+        self, tp: TopicPartition, records: list[tuple[bytes | None, bytes]], headers: list[tuple[str, bytes]]
+    ) -> list[asyncio.Future[None]]:
+        """``append`` for records of one partition, in order; the futures of every batch they joined.
+
+        One call per partition and request instead of one per record: the records go straight into
+        the builder in a local loop.
+        """
+        lane = self._lanes.get(tp)
+        if lane is None:
+            lane = self._lanes[tp] = deque()
+        batch = lane[-1] if lane else None
+        joined: list[asyncio.Future[None]] = []
+        joined_last: _Batch | None = None
+        for key, value in records:
+            if batch is None or batch.builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                batch = _Batch(self._producer.create_batch(), self._loop.create_future())
+                lane.append(batch)
+                batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
+            if batch is not joined_last:
+                joined.append(batch.acked)
+                joined_last = batch
+        return joined
+
     def flush_soon(self) -> None:
         """Send the open batches now unless a round is in flight (then they go with the next one).
 

@@ -130,8 +130,15 @@ class Publisher:
 
         async def append(producer: AIOKafkaProducer, coalescer: BatchCoalescer) -> set[asyncio.Future[None]]:
             lanes = await _lanes(producer, topic)
-            count, add = len(lanes), coalescer.append
-            return {add(lanes[_pick(key, count)], key, value, _NO_HEADERS) for key, value in records}
+            count = len(lanes)
+            by_lane: list[list[tuple[bytes | None, bytes]]] = [[] for _ in lanes]
+            for record in records:  # keys are never None here: ``_pick`` without its test for that
+                by_lane[_key_hash(record[0]) % count].append(record)
+            acked: set[asyncio.Future[None]] = set()
+            for lane, lane_records in zip(lanes, by_lane, strict=True):
+                if lane_records:
+                    acked.update(coalescer.append_all(lane, lane_records, _NO_HEADERS))
+            return acked
 
         if records:
             await self._publish(append, len(records))
