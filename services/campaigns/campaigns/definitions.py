@@ -8,7 +8,9 @@ for one variant or change its template per variant, which keeps a run's position
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -270,10 +272,47 @@ def parse_campaign(data: Any, *, origin: str = "") -> Campaign:
         campaign = Campaign.model_validate(data)
     except ValidationError as exc:
         raise DefinitionError(prefix + describe(exc)) from None
+    unstorable = "; ".join(unstorable_fields(campaign.model_dump(exclude_none=True)))
+    if unstorable:
+        raise DefinitionError(prefix + unstorable)
     problem = template_problem(campaign)
     if problem:
         raise DefinitionError(prefix + problem)
     return campaign
+
+
+_INT64 = 2**63
+NUL_MESSAGE = "contains the NUL character (U+0000), which cannot be stored"
+
+
+def unstorable_fields(value: Any, path: str = "") -> Iterator[str]:
+    """``audience.0.value: a finite number is required``: what the jsonb column would refuse or change.
+
+    PostgreSQL text cannot hold a NUL (a 500 at the insert); JSON has no spelling for NaN or infinity
+    (stored as null, the stored version then no longer a valid campaign: every listing failed); an
+    integer past 64 bits comes back as a float. Such a definition is refused, naming the field.
+    """
+    here = path or "(definition)"
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield f"{here}: {NUL_MESSAGE}"
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int):
+        if not -_INT64 <= value < _INT64:
+            yield f"{here}: an integer within the signed 64-bit range is required"
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            yield f"{here}: a finite number is required"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                yield f"{here}: a key {NUL_MESSAGE}"
+                continue
+            yield from unstorable_fields(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from unstorable_fields(item, f"{path}.{index}" if path else str(index))
 
 
 def template_problem(campaign: Campaign) -> str | None:
