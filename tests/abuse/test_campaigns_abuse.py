@@ -141,6 +141,7 @@ async def test_a_hostile_campaign_id_is_refused_by_name_and_never_found(campaign
         ("value", b"Infinity", "audience.0.value"),
         ("value", b"-1e400", "audience.0.value"),
         ("value", b"[1, 1180591620717411303424]", "audience.0.value.1"),
+        ("value", b"[" * 300 + b"]" * 300, "audience.0.value" + ".0" * 62),
         ("subject", b'"Hi \\u0000"', "steps.1.template.subject"),
         ("step", b'"x\\u0000"', "steps.1.name"),
     ],
@@ -149,7 +150,8 @@ async def test_what_postgresql_cannot_keep_is_refused_naming_the_field(
     campaigns: Service, where: str, body: bytes, field: str
 ) -> None:
     """A NUL in text was a 500; NaN, infinity and 1e400 were stored as null, after which every listing
-    was a 500; a 70-bit integer came back as a float. Now each is a 422 naming the field."""
+    was a 500; a 70-bit integer came back as a float; a list 300 levels deep was a 500. Now each is a
+    422 naming the field."""
     placeholder = "@@VALUE@@"
     op = "in" if body.startswith(b"[") else "gt"  # a value that suits its op: only the number is wrong
     definition = hostile_definition(audience=[{"field": "traits.plan", "op": op, "value": 1}])

@@ -282,18 +282,23 @@ def parse_campaign(data: Any, *, origin: str = "") -> Campaign:
 
 
 _INT64 = 2**63
+# Far past any audience value a person writes; pydantic cannot serialize a few hundred levels.
+MAX_NESTING = 64
 NUL_MESSAGE = "contains the NUL character (U+0000), which cannot be stored"
 
 
-def unstorable_fields(value: Any, path: str = "") -> Iterator[str]:
+def unstorable_fields(value: Any, path: str = "", depth: int = 0) -> Iterator[str]:
     """``audience.0.value: a finite number is required``: what the jsonb column would refuse or change.
 
     PostgreSQL text cannot hold a NUL (a 500 at the insert); JSON has no spelling for NaN or infinity
     (stored as null, the stored version then no longer a valid campaign: every listing failed); an
-    integer past 64 bits comes back as a float. Such a definition is refused, naming the field.
+    integer past 64 bits comes back as a float; a value nested a few hundred levels deep cannot be
+    serialized (a 500 at the insert). Such a definition is refused, naming the field.
     """
     here = path or "(definition)"
-    if isinstance(value, str):
+    if depth > MAX_NESTING:
+        yield f"{here}: nested more than {MAX_NESTING} levels deep"
+    elif isinstance(value, str):
         if "\x00" in value:
             yield f"{here}: {NUL_MESSAGE}"
     elif isinstance(value, bool):
@@ -309,10 +314,10 @@ def unstorable_fields(value: Any, path: str = "") -> Iterator[str]:
             if isinstance(key, str) and "\x00" in key:
                 yield f"{here}: a key {NUL_MESSAGE}"
                 continue
-            yield from unstorable_fields(item, f"{path}.{key}" if path else str(key))
+            yield from unstorable_fields(item, f"{path}.{key}" if path else str(key), depth + 1)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            yield from unstorable_fields(item, f"{path}.{index}" if path else str(index))
+            yield from unstorable_fields(item, f"{path}.{index}" if path else str(index), depth + 1)
 
 
 def template_problem(campaign: Campaign) -> str | None:
