@@ -117,7 +117,7 @@ async def test_hostile_definitions_are_stored_and_answered_verbatim(campaigns: S
         assert ok(await read.get("/v1/campaigns/hostile/versions/1"))["definition"]["name"] == sent["name"]
 
 
-@pytest.mark.parametrize("campaign_id", [SQL, SCRIPT, IMG, CONTROL, BIDI, LONG, "x" * 65, "Welcome"])
+@pytest.mark.parametrize("campaign_id", [SQL, SCRIPT, IMG, CONTROL, BIDI, LONG, "x" * 65, "Welcome", "a\x00b"])
 async def test_a_hostile_campaign_id_is_refused_by_name_and_never_found(campaigns: Service, campaign_id: str) -> None:
     async with client(campaigns, campaigns.admin) as admin:
         refused = await admin.post("/v1/campaigns", json=hostile_definition(campaign_id))
@@ -127,8 +127,9 @@ async def test_a_hostile_campaign_id_is_refused_by_name_and_never_found(campaign
         for method, suffix in [("GET", ""), ("GET", "/stats"), ("GET", "/members"), ("DELETE", ""), ("POST", "/pause")]:
             answer = await admin.request(method, f"/v1/campaigns/{path}{suffix}")
             assert answer.status_code == 404, (method, suffix, answer.text)
-            # an id with a slash matches no route (ids never hold one): the router's own 404
-            named = f"id: no campaign {campaign_id!r}" if "/" not in campaign_id else "Not Found"
+            # an id with a slash or a NUL matches no route (ids never hold one): the router's own 404
+            routed = "/" not in campaign_id and "\x00" not in campaign_id
+            named = f"id: no campaign {campaign_id!r}" if routed else "Not Found"
             assert answer.json()["detail"] == named
 
 
@@ -137,6 +138,7 @@ async def test_a_hostile_campaign_id_is_refused_by_name_and_never_found(campaign
     [
         ("name", b'"a\\u0000b"', "name"),
         ("description", b'"\\u0000"', "description"),
+        ("description", b'"half \\ud83d of an emoji"', "description"),
         ("value", b"NaN", "audience.0.value"),
         ("value", b"Infinity", "audience.0.value"),
         ("value", b"-1e400", "audience.0.value"),
@@ -149,9 +151,9 @@ async def test_a_hostile_campaign_id_is_refused_by_name_and_never_found(campaign
 async def test_what_postgresql_cannot_keep_is_refused_naming_the_field(
     campaigns: Service, where: str, body: bytes, field: str
 ) -> None:
-    """A NUL in text was a 500; NaN, infinity and 1e400 were stored as null, after which every listing
-    was a 500; a 70-bit integer came back as a float; a list 300 levels deep was a 500. Now each is a
-    422 naming the field."""
+    """A NUL or a lone surrogate in text was a 500; NaN, infinity and 1e400 were stored as null, after
+    which every listing was a 500; a 70-bit integer came back as a float; a list 300 levels deep was a
+    500. Now each is a 422 naming the field."""
     placeholder = "@@VALUE@@"
     op = "in" if body.startswith(b"[") else "gt"  # a value that suits its op: only the number is wrong
     definition = hostile_definition(audience=[{"field": "traits.plan", "op": op, "value": 1}])

@@ -285,22 +285,23 @@ _INT64 = 2**63
 # Far past any audience value a person writes; pydantic cannot serialize a few hundred levels.
 MAX_NESTING = 64
 NUL_MESSAGE = "contains the NUL character (U+0000), which cannot be stored"
+SURROGATE_MESSAGE = "contains a lone surrogate (U+D800 to U+DFFF), half of a character, which cannot be stored"
 
 
 def unstorable_fields(value: Any, path: str = "", depth: int = 0) -> Iterator[str]:
     """``audience.0.value: a finite number is required``: what the jsonb column would refuse or change.
 
-    PostgreSQL text cannot hold a NUL (a 500 at the insert); JSON has no spelling for NaN or infinity
-    (stored as null, the stored version then no longer a valid campaign: every listing failed); an
-    integer past 64 bits comes back as a float; a value nested a few hundred levels deep cannot be
-    serialized (a 500 at the insert). Such a definition is refused, naming the field.
+    PostgreSQL text cannot hold a NUL, nor UTF-8 a lone surrogate (each a 500 at the insert); JSON
+    has no spelling for NaN or infinity (stored as null, the stored version then no longer a valid
+    campaign: every listing failed); an integer past 64 bits comes back as a float; a value nested a
+    few hundred levels deep cannot be serialized (a 500). Such a definition is refused, naming the field.
     """
     here = path or "(definition)"
     if depth > MAX_NESTING:
         yield f"{here}: nested more than {MAX_NESTING} levels deep"
     elif isinstance(value, str):
-        if "\x00" in value:
-            yield f"{here}: {NUL_MESSAGE}"
+        if problem := _text_problem(value):
+            yield f"{here}: {problem}"
     elif isinstance(value, bool):
         return
     elif isinstance(value, int):
@@ -311,13 +312,23 @@ def unstorable_fields(value: Any, path: str = "", depth: int = 0) -> Iterator[st
             yield f"{here}: a finite number is required"
     elif isinstance(value, dict):
         for key, item in value.items():
-            if isinstance(key, str) and "\x00" in key:
-                yield f"{here}: a key {NUL_MESSAGE}"
+            if isinstance(key, str) and (problem := _text_problem(key)):
+                yield f"{here}: a key {problem}"
                 continue
             yield from unstorable_fields(item, f"{path}.{key}" if path else str(key), depth + 1)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             yield from unstorable_fields(item, f"{path}.{index}" if path else str(index), depth + 1)
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return NUL_MESSAGE
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # JSON's "\ud83d" alone: half of a character, not text
+        return SURROGATE_MESSAGE
+    return None
 
 
 def template_problem(campaign: Campaign) -> str | None:
