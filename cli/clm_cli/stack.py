@@ -27,6 +27,7 @@ SERVICES: dict[str, str] = {
 # The local SMTP sink `clm up` runs besides the services while CLM_SMTP_HOST is unset (not an HTTP service).
 MAIL_SINK = "mail-sink"
 MAIL_SINK_MODULE = "campaigns.mail_sink"
+LOOPBACK = frozenset({"127.0.0.1", "localhost"})
 
 
 def runs_mail_sink(settings: Settings) -> bool:
@@ -50,7 +51,9 @@ class LocalStack:
     settings: Settings
 
     def kafka(self) -> KafkaServer | KafkaCluster | None:
-        if "kafka_bootstrap" in self.settings.model_fields_set:
+        """Ours to run unless ``CLM_KAFKA_BOOTSTRAP`` names a server; with ``CLM_KAFKA_BROKERS`` above 1, a
+        bootstrap of one loopback address is where our cluster starts (its first port), not a server."""
+        if "kafka_bootstrap" in self.settings.model_fields_set and not self._local_cluster_port():
             return None
         port = int(self.settings.kafka_bootstrap.split(",")[0].rpartition(":")[2])
         if self.settings.kafka_brokers > 1:
@@ -67,6 +70,13 @@ class LocalStack:
             port=port,
             heap_mb=self.settings.kafka_heap_mb,
         )
+
+    def _local_cluster_port(self) -> bool:
+        """A cluster run here on ports of the operator's choice (a second platform, a test): one address,
+        on this machine. A list of servers, or another host, is a cluster run elsewhere."""
+        servers = self.settings.kafka_bootstrap.split(",")
+        host = servers[0].strip().rpartition(":")[0]
+        return self.settings.kafka_brokers > 1 and len(servers) == 1 and host in LOOPBACK
 
     def for_services(self) -> Settings:
         """The settings the services and the set-up steps run with: with a local cluster, every node as

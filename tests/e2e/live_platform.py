@@ -1,7 +1,8 @@
 """The real ingest, stage engine, metrics and campaigns processes, with a shop's last 90 days sent through them.
 
 The dashboard's browser test runs against this as well as against the API double: the page shows
-the services' own data, and a customer whose id (and first-touch source) is markup is among the top.
+the services' own data, and a customer whose id (and first-touch source) is markup with control
+characters and direction marks is among the top; a campaign is named likewise.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import pytest
 from tests.conftest import drop_schemas, make_settings
 from tests.secret_watch import remember_secret
 from tests.utils.live_platform import LivePlatform
+from tests.utils.metrics_api_double import HOSTILE, HOSTILE_CAMPAIGN
 
-HOSTILE = "<script>alert(1)</script>"
 T = TypeVar("T")
 
 
@@ -77,6 +78,16 @@ def shop_events(now: datetime, customers: int = 40, seed: int = 7) -> list[dict[
     return events
 
 
+def hostile_campaign() -> dict[str, Any]:
+    """A campaign that never fires (no shop sends its event), shown in the dashboard's campaigns panel."""
+    return {
+        "id": "hostile-name",
+        "name": HOSTILE_CAMPAIGN,
+        "trigger": {"event": "Never Sent"},
+        "steps": [{"type": "send", "name": "s", "template": {"subject": "s", "html": "<p>s</p>", "text": "s"}}],
+    }
+
+
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     """asyncio.run on a thread of its own: Playwright's sync API keeps an event loop running on this one."""
     with ThreadPoolExecutor(1) as pool:
@@ -101,6 +112,14 @@ def live_platform(kafka_bootstrap: str, database_url: str) -> Iterator[tuple[str
             platform.url("ingest") + "/v1/batch", content=orjson.dumps({"batch": events}), auth=(key, ""), timeout=30
         )
         assert answer.status_code == 200, answer.text
+        # a campaign named with markup, control characters and direction marks, as an operator may name one
+        answer = httpx.post(
+            platform.url("campaigns") + "/v1/campaigns",
+            json=hostile_campaign(),
+            headers={"Authorization": f"Bearer {platform.admin_token}"},
+            timeout=30,
+        )
+        assert answer.status_code == 201, answer.text
         _wait_applied(platform.url("metrics"), token, events, now)
         yield platform.url("metrics"), token, events
     finally:

@@ -3,7 +3,7 @@
 The page is driven only through its ``data-testid``s, so the same test runs against the test double
 here and against the real metrics service with real data (a ``DashboardTarget`` with its URL and a
 read token, from ``CLM_DASHBOARD_URL`` and ``CLM_DASHBOARD_TOKEN``; the data must hold a top
-customer whose id is ``HOSTILE``).
+customer whose id is ``HOSTILE``, and a campaign named ``HOSTILE_CAMPAIGN``).
 """
 
 from __future__ import annotations
@@ -23,15 +23,17 @@ from typing import Annotated, Any, Literal
 import pytest
 import uvicorn
 from fastapi import APIRouter, Header, HTTPException
-from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Locator, Page, expect, sync_playwright
 
 from clm_cli.infra.browser import CHROMIUM, CHROMIUM_ARGS
 from clm_cli.infra.process import free_port
 from tests.e2e.live_platform import live_platform
 from tests.secret_watch import remember_secret
-from tests.utils.metrics_api_double import HOSTILE, metrics_api_double
+from tests.utils.metrics_api_double import HOSTILE, HOSTILE_CAMPAIGN, metrics_api_double
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+# The same page filtered to the hostile customer's source: the markup, escapes and direction marks as text.
+HOSTILE_SCREENSHOT = SCREENSHOT.with_name("dashboard-hostile-text.png")
 VALUE = re.compile(r"^-?[\d,.]+%?$|^—$")  # a number, a percentage, or "—" for an empty denominator
 TILES = ["page_views", "nps", "trial_to_paid_rate", "average_order_value", "churn_rate", "affiliate_revenue"]
 UNAVAILABLE = "Campaigns service unavailable"
@@ -42,7 +44,7 @@ CampaignsExpected = Literal["rows", "shipped", "unavailable", "any"]
 CAMPAIGN_FIGURES: list[dict[str, Any]] = [
     {"campaign_id": "welcome", "name": "Welcome series", "sent": 1840, "converted": 212,
      "conversion_rate": 0.125, "uplift": 0.041},
-    {"campaign_id": "winback", "name": HOSTILE, "sent": 430, "converted": 19, "conversion_rate": 0.05,
+    {"campaign_id": "winback", "name": HOSTILE_CAMPAIGN, "sent": 430, "converted": 19, "conversion_rate": 0.05,
      "uplift": -0.004},
     {"campaign_id": "nps-follow-up", "name": "NPS follow-up", "sent": 96, "converted": 3, "conversion_rate": 0.03,
      "uplift": None},
@@ -106,7 +108,8 @@ def dashboard_target(
         yield DashboardTarget(url.rstrip("/"), remember_secret(token))
         return
     if request.param == "live":
-        # The live platform runs all four services: the panel lists the eight shipped campaigns.
+        # The live platform runs all four services: the panel lists the eight shipped campaigns and one
+        # named with markup.
         expected: CampaignsExpected = "shipped"
         with live_platform(kafka_bootstrap, database_url) as (metrics_url, read_token, _):
             yield DashboardTarget(metrics_url, read_token, expected)
@@ -211,7 +214,7 @@ def expect_campaigns(page: Page, expected: CampaignsExpected) -> None:
         expect(rows.nth(2).locator("td").last).to_have_text("—")
         expect(status).to_be_hidden()
     elif expected == "shipped":
-        expect(rows).to_have_count(8)
+        expect(rows).to_have_count(9)
         expect(page.get_by_test_id("campaigns-table").locator("tbody td").filter(has_text="Welcome")).to_be_visible()
         expect(status).to_be_hidden()
     elif expected == "unavailable":
@@ -266,24 +269,35 @@ def test_the_dashboard_asks_for_a_token_shows_data_and_follows_the_range(
 
 
 def test_data_with_markup_is_shown_as_text(dashboard_target: DashboardTarget, watched: Watched) -> None:
+    """Customer ids, campaign names and the source filter with markup, control characters and direction
+    marks: each is a cell's text, exactly as stored, and no element, handler or dialog comes of it."""
     page = watched.page
     page.goto(dashboard_target.url + "/dashboard")
     sign_in(page, dashboard_target.read_token)
     expect_data(page)
 
     top = page.get_by_test_id("top-customers")
-    expect(top).to_contain_text(HOSTILE)
-    if dashboard_target.campaigns == "rows":  # a campaign named with markup: a cell's text, not an element
-        expect(page.get_by_test_id("campaigns-table").locator("tbody tr").nth(1).locator("td").first).to_have_text(
-            HOSTILE
-        )
+    expect(top.locator("tbody tr td.id").filter(has_text="alert(1)")).to_have_count(1)
+    assert exact_texts(top.locator("tbody tr td.id")).count(HOSTILE) == 1
+    if dashboard_target.campaigns in ("rows", "shipped"):  # a campaign named with markup: a cell's text
+        names = page.get_by_test_id("campaigns-table").locator("tbody tr td:first-child")
+        expect(names.filter(has_text="onerror")).to_have_count(1)
+        assert exact_texts(names).count(HOSTILE_CAMPAIGN) == 1
     today = datetime.now(UTC).date()
     apply_range(page, (today - timedelta(days=13)).isoformat(), today.isoformat(), source=HOSTILE)
     expect(page.get_by_test_id("source-label")).to_have_text(f"source: {HOSTILE}")
+    assert exact_texts(page.get_by_test_id("source-label")) == [f"source: {HOSTILE}"]
 
-    assert page.locator("main script, .statusbar script").count() == 0
+    # no element, attribute or script came of the data; the page's own scripts are in <head> only
+    assert page.locator("main script, .statusbar script, main img, main iframe, [onerror], [onload]").count() == 0
     assert watched.dialogs == []
     assert unexpected_errors(watched) == []
+    page.screenshot(path=str(HOSTILE_SCREENSHOT), full_page=True)
+
+
+def exact_texts(cells: Locator) -> list[str]:
+    """Each element's textContent as is: Playwright's text matching would fold its whitespace."""
+    return [str(text) for text in cells.evaluate_all("cells => cells.map(cell => cell.textContent)")]
 
 
 def test_a_refused_token_brings_the_prompt_back(dashboard_target: DashboardTarget, watched: Watched) -> None:

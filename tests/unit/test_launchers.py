@@ -98,6 +98,31 @@ def test_clm_up_runs_a_cluster_when_told_to_and_none_when_one_is_named(
     assert LocalStack(Settings(kafka_bootstrap="a:9092,b:9092,c:9092", kafka_brokers=3)).kafka() is None
 
 
+def test_a_local_cluster_starts_at_a_loopback_bootstrap_of_the_operators_choosing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second platform (or a test) runs its cluster on free ports: one loopback address is its first port."""
+    monkeypatch.delenv("CLM_KAFKA_REPLICATION_FACTOR", raising=False)
+    for host in ("127.0.0.1", "localhost"):
+        stack = LocalStack(Settings(kafka_bootstrap=f"{host}:30000", kafka_brokers=3, data_dir=tmp_path))
+        cluster = stack.kafka()
+        assert isinstance(cluster, KafkaCluster)
+        assert cluster.bootstrap == "127.0.0.1:30000,127.0.0.1:30002,127.0.0.1:30004"
+        assert stack.for_services().kafka_bootstrap == cluster.bootstrap
+        assert stack.for_services().kafka_replication_factor == 3
+    # one broker named, another machine, or a list: a Kafka run elsewhere, as before
+    assert LocalStack(Settings(kafka_bootstrap="127.0.0.1:30000", data_dir=tmp_path)).kafka() is None
+    assert LocalStack(Settings(kafka_bootstrap="kafka.internal:9092", kafka_brokers=3)).kafka() is None
+    assert LocalStack(Settings(kafka_bootstrap="127.0.0.1:1,127.0.0.1:3", kafka_brokers=3)).kafka() is None
+
+
+def test_the_log_cleaner_buffer_fits_a_small_heap(tmp_path: Path) -> None:
+    """Kafka's default 128 MB cleaner buffer, allocated at start-up, left a 128 MB heap out of memory."""
+    for heap_mb, buffer_mb in ((128, 32), (320, 80), (512, 128), (2048, 128)):
+        node = KafkaServer(cache_dir=tmp_path, data_dir=tmp_path / f"kafka-{heap_mb}", port=20000, heap_mb=heap_mb)
+        assert _properties(node._configure())["log.cleaner.dedupe.buffer.size"] == str(buffer_mb * 1024 * 1024)
+
+
 def test_the_services_of_a_local_cluster_get_every_node_and_replicated_topics(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,7 +15,11 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query
 
 from metrics.dashboard.routes import dashboard_router
 
-HOSTILE = "<script>alert(1)</script>"
+# A customer id and a first-touch source: markup, control characters (an ANSI escape among them) and
+# direction marks (an RTL override would flip what follows on screen if it were not kept as text).
+HOSTILE = "<script>alert(1)</script> \x01\x1b[31m red \u202etxet\u202c \u200f'; DROP TABLE customers; --"
+# A campaign's name: an attribute-breaking image whose onerror would run if it became markup.
+HOSTILE_CAMPAIGN = '"><img src=x onerror=alert(1)> \x07\x1b[1m \u200f\u202eeman\u202c \u2066iso\u2069 ü😀'
 
 STAGES = ["discovery", "engagement", "conversion", "retention", "loyalty", "advocacy"]
 # name -> (stage, kind, typical daily value)

@@ -74,7 +74,18 @@ group.initial.rebalance.delay.ms=0
 num.network.threads=2
 num.io.threads=4
 log.retention.hours=168
+log.cleaner.dedupe.buffer.size={cleaner_buffer}
 """
+
+
+# Kafka's own default; the log cleaner allocates it from the heap at start-up, whatever the heap.
+CLEANER_BUFFER_MAX = 128 * 1024 * 1024
+
+
+def cleaner_buffer_bytes(heap_mb: int) -> int:
+    """A quarter of the heap, at most Kafka's default: with the default, a 128 MB heap (the least
+    ``CLM_KAFKA_HEAP_MB`` allows) ran out of memory at start-up, and a 320 MB one kept 40% of it aside."""
+    return min(CLEANER_BUFFER_MAX, heap_mb * 1024 * 1024 // 4)
 
 
 @dataclass
@@ -183,6 +194,7 @@ class KafkaServer:
                 log_dir=self.data_dir / "logs",
                 replicas=self.replicas,
                 min_isr=min_insync_replicas(self.replicas),
+                cleaner_buffer=cleaner_buffer_bytes(self.heap_mb),
             )
         )
         return properties

@@ -17,7 +17,7 @@ from campaigns import registry
 from campaigns.definitions import Campaign, DefinitionError, parse_campaign
 from campaigns.registry import Origin, Registered, Status
 from campaigns.stats import CampaignStats, campaign_stats
-from clm_shared.paths import ANY_TEXT
+from clm_shared.paths import ANY_TEXT, ONE_SEGMENT
 from clm_shared.transactions import Db, transaction
 
 router = APIRouter(prefix="/v1", tags=["campaigns"])
@@ -229,14 +229,14 @@ async def create_campaign(data: DefinitionBody, engine: Engine) -> CampaignPubli
     return _public(saved)
 
 
-@router.get("/campaigns/{campaign_id}", response_model=CampaignPublic)
+@router.get(f"/campaigns/{{campaign_id:{ONE_SEGMENT}}}", response_model=CampaignPublic)
 async def get_campaign(campaign_id: str, engine: Engine) -> CampaignPublic:
     """The current definition, its version and the campaign's status."""
     async with transaction(engine) as db:
         return _public(await _existing(db, campaign_id))
 
 
-@router.put("/campaigns/{campaign_id}", response_model=CampaignPublic, responses=INVALID_DEFINITION)
+@router.put(f"/campaigns/{{campaign_id:{ONE_SEGMENT}}}", response_model=CampaignPublic, responses=INVALID_DEFINITION)
 async def change_campaign(campaign_id: str, data: DefinitionBody, engine: Engine) -> CampaignPublic:
     """A changed definition becomes the next version (runs in progress finish theirs); an unchanged one keeps it."""
     campaign = _parse(data)
@@ -251,7 +251,7 @@ async def change_campaign(campaign_id: str, data: DefinitionBody, engine: Engine
     return _public(saved)
 
 
-@router.delete("/campaigns/{campaign_id}", status_code=204)
+@router.delete(f"/campaigns/{{campaign_id:{ONE_SEGMENT}}}", status_code=204)
 async def archive_campaign(campaign_id: str, engine: Engine) -> Response:
     """Archive: no new customers enter; runs in progress finish. Its versions and stats stay readable."""
     async with transaction(engine) as db:
@@ -261,7 +261,7 @@ async def archive_campaign(campaign_id: str, engine: Engine) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/campaigns/{campaign_id}/versions/{version}", response_model=VersionPublic)
+@router.get(f"/campaigns/{{campaign_id:{ONE_SEGMENT}}}/versions/{{version}}", response_model=VersionPublic)
 async def get_version(
     campaign_id: str, version: Annotated[int, Path(ge=1, le=2**31 - 1)], engine: Engine
 ) -> VersionPublic:
@@ -290,13 +290,13 @@ async def _set_status(engine: AsyncEngine, campaign_id: str, status: Status) -> 
     return _summary(Registered(current.campaign, current.version, status, current.origin, now))
 
 
-@router.post("/campaigns/{campaign_id}/pause", response_model=CampaignSummary)
+@router.post(f"/campaigns/{{campaign_id:{ONE_SEGMENT}}}/pause", response_model=CampaignSummary)
 async def pause_campaign(campaign_id: str, engine: Engine) -> CampaignSummary:
     """No new entries and no sends (held back as ``paused``) until it is resumed."""
     return await _set_status(engine, campaign_id, "paused")
 
 
-@router.post("/campaigns/{campaign_id}/resume", response_model=CampaignSummary)
+@router.post(f"/campaigns/{{campaign_id:{ONE_SEGMENT}}}/resume", response_model=CampaignSummary)
 async def resume_campaign(campaign_id: str, engine: Engine) -> CampaignSummary:
     """Live again; an archived campaign cannot be resumed (409)."""
     return await _set_status(engine, campaign_id, "live")
@@ -305,7 +305,7 @@ async def resume_campaign(campaign_id: str, engine: Engine) -> CampaignSummary:
 # ---- stats -----------------------------------------------------------------------------------
 
 
-@router.get("/campaigns/{campaign_id}/stats", response_model=StatsPublic)
+@router.get(f"/campaigns/{{campaign_id:{ONE_SEGMENT}}}/stats", response_model=StatsPublic)
 async def get_stats(campaign_id: str, engine: Engine) -> StatsPublic:
     """Entries, sends, conversion of treatment against holdout (uplift), and sends held back by reason."""
     async with transaction(engine) as db:
@@ -326,7 +326,7 @@ async def all_stats(engine: Engine) -> StatsList:
 # ---- members and messages --------------------------------------------------------------------
 
 
-@router.get("/campaigns/{campaign_id}/members", response_model=MemberPage)
+@router.get(f"/campaigns/{{campaign_id:{ONE_SEGMENT}}}/members", response_model=MemberPage)
 async def members(
     campaign_id: str,
     engine: Engine,

@@ -8,7 +8,9 @@ for one variant or change its template per variant, which keeps a run's position
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -270,10 +272,63 @@ def parse_campaign(data: Any, *, origin: str = "") -> Campaign:
         campaign = Campaign.model_validate(data)
     except ValidationError as exc:
         raise DefinitionError(prefix + describe(exc)) from None
+    unstorable = "; ".join(unstorable_fields(campaign.model_dump(exclude_none=True)))
+    if unstorable:
+        raise DefinitionError(prefix + unstorable)
     problem = template_problem(campaign)
     if problem:
         raise DefinitionError(prefix + problem)
     return campaign
+
+
+_INT64 = 2**63
+# Far past any audience value a person writes; pydantic cannot serialize a few hundred levels.
+MAX_NESTING = 64
+NUL_MESSAGE = "contains the NUL character (U+0000), which cannot be stored"
+SURROGATE_MESSAGE = "contains a lone surrogate (U+D800 to U+DFFF), half of a character, which cannot be stored"
+
+
+def unstorable_fields(value: Any, path: str = "", depth: int = 0) -> Iterator[str]:
+    """``audience.0.value: a finite number is required``: what the jsonb column would refuse or change.
+
+    PostgreSQL text cannot hold a NUL, nor UTF-8 a lone surrogate (each a 500 at the insert); JSON
+    has no spelling for NaN or infinity (stored as null, the stored version then no longer a valid
+    campaign: every listing failed); an integer past 64 bits comes back as a float; a value nested a
+    few hundred levels deep cannot be serialized (a 500). Such a definition is refused, naming the field.
+    """
+    here = path or "(definition)"
+    if depth > MAX_NESTING:
+        yield f"{here}: nested more than {MAX_NESTING} levels deep"
+    elif isinstance(value, str):
+        if problem := _text_problem(value):
+            yield f"{here}: {problem}"
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int):
+        if not -_INT64 <= value < _INT64:
+            yield f"{here}: an integer within the signed 64-bit range is required"
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            yield f"{here}: a finite number is required"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and (problem := _text_problem(key)):
+                yield f"{here}: a key {problem}"
+                continue
+            yield from unstorable_fields(item, f"{path}.{key}" if path else str(key), depth + 1)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from unstorable_fields(item, f"{path}.{index}" if path else str(index), depth + 1)
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return NUL_MESSAGE
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # JSON's "\ud83d" alone: half of a character, not text
+        return SURROGATE_MESSAGE
+    return None
 
 
 def template_problem(campaign: Campaign) -> str | None:

@@ -121,6 +121,8 @@ async def metrics(
 
     ``source`` keeps the customers whose first touch carried that ``context.campaign.source``.
     """
+    if source is not None and "\x00" in source:  # sent on, the database's error was a 500
+        raise bad("source", "cannot hold the NUL character (U+0000): no stored source does")
     wanted = [n.strip() for n in (names or ",".join(METRICS)).split(",") if n.strip()]
     unknown = [n for n in wanted if n not in METRICS]
     if unknown or not wanted:

@@ -215,6 +215,23 @@ def test_the_error_names_the_file(tmp_path: Path) -> None:
         load_folder(tmp_path)
 
 
+def test_a_file_with_what_jsonb_cannot_keep_is_refused_naming_the_field(tmp_path: Path) -> None:
+    """YAML spells NaN, infinity and a NUL too (``.nan``, ``.inf``, ``"\\0"``): refused as through the API."""
+    (tmp_path / "odd.yaml").write_text(
+        'id: odd\nname: "a\\0b"\ntrigger: {event: E}\n'
+        "audience: [{field: traits.x, op: gt, value: .nan}, {field: traits.y, op: lt, value: -.inf}]\n"
+        "steps: [{type: split, variants: {a: 1, b: 100000000000000000000000}},"
+        " {type: send, name: s, template: {subject: s, html: h, text: t}}]\n"
+    )
+    with pytest.raises(DefinitionError) as info:
+        load_folder(tmp_path)
+    assert str(info.value) == (
+        "odd.yaml: name: contains the NUL character (U+0000), which cannot be stored;"
+        " audience.0.value: a finite number is required; audience.1.value: a finite number is required;"
+        " steps.0.variants.b: an integer within the signed 64-bit range is required"
+    )
+
+
 def test_a_folder_with_two_files_of_the_same_id_is_refused(tmp_path: Path) -> None:
     for name in ("one.yaml", "two.yaml"):
         (tmp_path / name).write_text(yaml.safe_dump(_campaign([_send()], id="twice")))

@@ -7,8 +7,9 @@ quotes the recipient's address, and these messages end up in logs and in the sen
 from __future__ import annotations
 
 import re
+from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formatdate, parseaddr
+from email.utils import formatdate, getaddresses, parseaddr
 
 import aiosmtplib
 
@@ -18,10 +19,31 @@ from clm_shared.settings import Settings
 
 LOCAL_SINK_HOST = "127.0.0.1"
 _MESSAGE_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+# Control characters (C0, DEL, C1) and the Unicode line separators: in a header each could end it or break it.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def recipient(to: str) -> Address:
+    """The one address a customer's ``email`` trait holds, display name kept, or ``RecipientRefused``.
+
+    The trait is the customer's text: a second address after a comma would be shown in the To header,
+    a line break or other control character would end the header or break the message, and an address
+    the header cannot spell (a non-ASCII local part) would be mangled on the way.
+    """
+    refused = RecipientRefused("the recipient address is not valid")
+    if _CONTROL.search(to):
+        raise refused
+    pairs = getaddresses([to])
+    if len(pairs) != 1 or "@" not in pairs[0][1]:
+        raise refused
+    try:
+        return Address(display_name=pairs[0][0], addr_spec=pairs[0][1])
+    except ValueError:  # the header registry's defects (InvalidHeaderDefect and the like) are ValueErrors
+        raise refused from None
 
 
 def build_message(
-    settings: Settings, to: str, rendered: RenderedEmail, *, message_id: str, unsubscribe_url: str
+    settings: Settings, to: str | Address, rendered: RenderedEmail, *, message_id: str, unsubscribe_url: str
 ) -> EmailMessage:
     """The message as sent; the Message-ID is derived from the send so a receiver can drop a retried copy."""
     if not _MESSAGE_ID.match(message_id):
@@ -50,16 +72,17 @@ class EmailChannel:
 
     async def send(self, to: str, rendered: RenderedEmail, *, message_id: str, unsubscribe_url: str) -> None:
         """Deliver one message; ``TransientFailure`` to retry later, ``PermanentFailure`` to give up."""
-        if "\r" in to or "\n" in to or "@" not in parseaddr(to)[1]:
-            raise RecipientRefused("the recipient address is not valid")
-        message = build_message(self.settings, to, rendered, message_id=message_id, unsubscribe_url=unsubscribe_url)
+        address = recipient(to)
+        message = build_message(
+            self.settings, address, rendered, message_id=message_id, unsubscribe_url=unsubscribe_url
+        )
         s = self.settings
         password = s.smtp_password.get_secret_value() if s.smtp_password is not None else None
         try:
             await aiosmtplib.send(
                 message,
                 sender=self.sender,
-                recipients=[parseaddr(to)[1]],
+                recipients=[address.addr_spec],
                 hostname=self.host,
                 port=s.smtp_port,
                 username=s.smtp_username,
