@@ -58,3 +58,17 @@ async def test_a_nul_in_the_metrics_source_filter_is_a_400_naming_it(
             hostile = "<script>alert(1)</script> \x01\x1b[31m \u202etxet\u202c"
             answer = await client.get("/v1/metrics", params={"source": hostile, "names": "page_views"})
             assert (answer.status_code, answer.json()["source"]) == (200, hostile)
+
+
+async def test_a_nul_in_the_customers_cursor_is_a_400_naming_it(
+    settings: Settings, topics: Topics, tmp_path: Path
+) -> None:
+    async with serving("stage-engine", abuse_settings(settings, tmp_path)) as service:
+        headers = {"Authorization": f"Bearer {service.read}"}
+        async with httpx.AsyncClient(base_url=service.url, headers=headers, timeout=30) as client:
+            answer = await client.get("/v1/customers", params={"cursor": "a\x00b"})
+            assert answer.status_code == 400, answer.text[:200]
+            assert "cursor" in answer.json()["detail"]
+            hostile = "<script>alert(1)</script> \x01\x1b[31m \u202etxet\u202c"
+            answer = await client.get("/v1/customers", params={"cursor": hostile})
+            assert answer.status_code == 200 and isinstance(answer.json()["items"], list), answer.text[:200]

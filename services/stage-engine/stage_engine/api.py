@@ -122,6 +122,8 @@ async def list_customers(
             raise HTTPException(400, f"health must be one of {', '.join(Health)}")
         query = query.where(customers.c.health == health)
     if cursor:
+        if "\x00" in cursor:  # sent on, the database's error was a 500
+            raise HTTPException(400, "cursor cannot hold the NUL character (U+0000): no customer id does")
         query = query.where(customers.c.customer_id > cursor)
     async with engine.connect() as conn:
         rows = (await conn.execute(query.order_by(customers.c.customer_id).limit(limit + 1))).all()
