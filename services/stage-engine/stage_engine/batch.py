@@ -93,23 +93,48 @@ def ids_needed(touchpoints: Iterable[AnyTouchpoint]) -> set[str]:
 
 
 def apply_batch(touchpoints: Sequence[AnyTouchpoint], state: BatchState, rules: Rules) -> None:
+    # Runs once per touchpoint: what every one reads is bound to locals first.
+    compiled = rules.compiled()
+    customers, identities, processed, touched = state.customers, state.identities, state.processed, state.touched
+    new_processed = state.new_processed
+    states_only = state.states_only
+    changes: list[Change] = []  # filled by apply_touchpoint, emitted and cleared after each touchpoint
     for tp in touchpoints:
-        if tp.message_id in state.processed:
+        message_id = tp.message_id
+        seen = len(processed)
+        processed.add(message_id)
+        if len(processed) == seen:
             continue  # the same messageId applied twice changes nothing the second time
-        state.processed.add(tp.message_id)
-        state.new_processed.append(tp.message_id)
-        customer_id = _resolve(state, tp.customer_key)
-        merge_from = _merge_source(tp)
-        if merge_from is not None:
-            source_id = _resolve(state, merge_from)
-            # identify merges only a profile that is still anonymous; an anonymous id already tied
-            # to another known customer (a shared device) just moves to this one. alias merges as told.
-            mergeable = tp.type == "alias" or source_id == merge_from
-            if source_id != customer_id and mergeable:
-                _merge(state, into=customer_id, source_id=source_id, tp=tp, rules=rules)
-            _link(state, merge_from, customer_id)
-        customer = state.customers.get(customer_id) or new_customer(customer_id, tp.message_id)
-        _record(state, apply_touchpoint(customer, tp, rules, in_place=state.states_only, settled=state.states_only))
+        new_processed.append(message_id)
+        key = tp.customer_key
+        customer_id = identities.get(key, key)
+        if tp.type == "alias" or tp.type == "identify":
+            merge_from = _merge_source(tp)
+            if merge_from is not None:
+                source_id = _resolve(state, merge_from)
+                # identify merges only a profile that is still anonymous; an anonymous id already tied
+                # to another known customer (a shared device) just moves to this one. alias merges as told.
+                mergeable = tp.type == "alias" or source_id == merge_from
+                if source_id != customer_id and mergeable:
+                    _merge(state, into=customer_id, source_id=source_id, tp=tp, rules=rules)
+                _link(state, merge_from, customer_id)
+        customer = customers.get(customer_id)
+        if customer is None:
+            customer = new_customer(customer_id, message_id)
+            in_place = True
+        else:
+            # A state this batch already copied (touched) is its own: no second copy.
+            in_place = states_only or customer_id in touched
+        customer = apply_touchpoint(customer, tp, compiled, changes, in_place=in_place, settled=states_only)
+        if changes:
+            if states_only:
+                customer.sequence += len(changes)  # counted, not kept: the state stays what the engine would store
+            else:
+                for change in changes:
+                    _emit(state, customer, change)
+            changes.clear()
+        customers[customer.customer_id] = customer
+        touched.add(customer.customer_id)
 
 
 def apply_clock(customer_ids: Iterable[str], now: datetime, state: BatchState, rules: Rules) -> None:
