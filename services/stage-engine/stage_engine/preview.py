@@ -94,11 +94,17 @@ class Preview:
 
     def apply(self, touchpoints: Sequence[AnyTouchpoint], encoded: Sequence[bytes] | None = None) -> None:
         """Apply a batch under both rule sets; ``encoded``: the same touchpoints as JSON (the record values)."""
+        if self._worker is not None and (encoded is None or len(encoded) != len(touchpoints)):
+            raise ValueError("a preview in two processes needs every touchpoint's record value")
+        self.apply_array(touchpoints, _array(encoded) if self._worker is not None and encoded is not None else None)
+
+    def apply_array(self, touchpoints: Sequence[AnyTouchpoint], array: bytes | None) -> None:
+        """``apply`` with the record values already joined into one JSON array (one decode, one message)."""
         if self._worker is not None:
-            if encoded is None or len(encoded) != len(touchpoints):
+            if array is None:
                 raise ValueError("a preview in two processes needs every touchpoint's record value")
             # Sent before this process starts on its own engine: both work on the batch at once.
-            self._worker.send_bytes(b"[" + b",".join(encoded) + b"]")
+            self._worker.send_bytes(array)
         for engine in (self.current, self.new):
             if engine is not None:
                 engine.process(touchpoints)  # only the final states are needed: no changes are kept
@@ -232,10 +238,16 @@ def preview_records(
     try:
         iterator = iter(records)
         while chunk := list(islice(iterator, batch)):
-            run.apply(_BATCH.decode(b"[" + b",".join(chunk) + b"]"), chunk)
+            array = _array(chunk)  # decoded here and sent as it is to the worker, which decodes its own copy
+            run.apply_array(_BATCH.decode(array), array)
         return run.report(now)
     finally:
         run.close()
+
+
+def _array(values: Sequence[bytes]) -> bytes:
+    """Record values (JSON objects) as one JSON array: one message to the worker, one decode."""
+    return b"[" + b",".join(values) + b"]"
 
 
 def _stage(state: CustomerState | None) -> str:
