@@ -122,9 +122,16 @@ def apply_touchpoint(
     conditions on the signals it matches can newly hold.
     """
     if not in_place:
-        state = copy_state(state)
+        # A copy with its own counters; the traits and the lists of event times stay shared with the
+        # original until changed, and are then replaced, never changed in place (below).
+        state = msgspec.structs.replace(
+            state,
+            signal_counts=dict(state.signal_counts),
+            signal_times=dict(state.signal_times),
+            signal_revenue=dict(state.signal_revenue),
+        )
     if tp.traits:
-        state.traits.update(tp.traits)
+        state.traits = {**state.traits, **tp.traits}
     if tp.category is Category.IDENTITY:
         return state
     at = tp.timestamp
@@ -147,7 +154,14 @@ def apply_touchpoint(
             for name in names:
                 totals[name] = totals.get(name, 0.0) + revenue
         for name in match.timed[state.stage]:
-            bisect.insort(state.signal_times.setdefault(name, []), at)
+            # A new list, never the old one changed: a copied state shares its lists with the original.
+            times = state.signal_times.get(name)
+            if times is None:
+                times = [at]
+            else:
+                times = times.copy()
+                bisect.insort(times, at)
+            state.signal_times[name] = times
     stage = state.stage
     if stage is None:
         stage = state.stage = Stage.DISCOVERY
