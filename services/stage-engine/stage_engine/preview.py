@@ -95,9 +95,12 @@ class Preview:
 
     def apply(self, touchpoints: Sequence[AnyTouchpoint], encoded: Sequence[bytes] | None = None) -> None:
         """Apply a batch under both rule sets; ``encoded``: the same touchpoints as JSON (the record values)."""
-        if self._worker is not None and (encoded is None or len(encoded) != len(touchpoints)):
+        if self._worker is None:
+            self.apply_array(touchpoints, None)
+            return
+        if encoded is None or len(encoded) != len(touchpoints):
             raise ValueError("a preview in two processes needs every touchpoint's record value")
-        self.apply_array(touchpoints, _array(encoded) if self._worker is not None and encoded is not None else None)
+        self.apply_array(touchpoints, _array(encoded))
 
     def apply_array(self, touchpoints: Sequence[AnyTouchpoint], array: bytes | None) -> None:
         """``apply`` with the record values already joined into one JSON array (one decode, one message)."""
