@@ -26,7 +26,7 @@ import msgspec
 from clm_shared.categories import Category
 from clm_shared.schemas.lifecycle import STAGE_ORDER, Health, Stage
 from clm_shared.schemas.touchpoint import AnyTouchpoint
-from stage_engine.rules import Climb, Rules
+from stage_engine.rules import Climb, CompiledRules, Match, Rules
 
 DISCOVERY_RULE = "first_touchpoint"
 # The shape of stored states; ``stage_engine.stored_state`` upgrades older rows to it.
@@ -56,8 +56,9 @@ class CustomerState(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     origin: str = ""  # the messageId that created this profile: part of its event ids
 
 
-@dataclass(frozen=True)
-class StageMove:
+class StageMove(msgspec.Struct, frozen=True):
+    """A stage change; a msgspec ``Struct``, whose construction in C costs a fraction of a frozen dataclass's."""
+
     from_stage: Stage | None
     to_stage: Stage
     skipped: tuple[Stage, ...]
@@ -66,8 +67,9 @@ class StageMove:
     event_time: datetime
 
 
-@dataclass(frozen=True)
-class HealthMove:
+class HealthMove(msgspec.Struct, frozen=True):
+    """A health change (a ``Struct``, as ``StageMove``)."""
+
     from_health: Health
     to_health: Health
     rule: str
@@ -100,59 +102,100 @@ def copy_state(state: CustomerState) -> CustomerState:
 
 
 def apply_touchpoint(
-    state: CustomerState, tp: AnyTouchpoint, rules: Rules, *, in_place: bool = False, settled: bool = False
-) -> Outcome:
-    """Apply one touchpoint (identity calls only touch traits); return the new state and its changes.
+    state: CustomerState,
+    tp: AnyTouchpoint,
+    rules: CompiledRules,
+    changes: list[Change],
+    *,
+    in_place: bool = False,
+    settled: bool = False,
+) -> CustomerState:
+    """Apply one touchpoint (identity calls only touch traits): the new state; its changes go to ``changes``.
+
+    The caller's list (cleared and reused) rather than a result object per call: most touchpoints
+    change nothing, and this runs for every one.
 
     For a caller that built every state from nothing under these ``rules`` and keeps no other
     reference to them (the preview), the same decisions at less cost: ``in_place`` changes ``state``
-    itself instead of a copy; ``settled`` says no condition of a stage above held before this event
-    (true after every climb), so only the conditions on the signals it matches can newly hold.
+    itself instead of a copy (also right for a state this caller copied itself); ``settled`` says no
+    condition of a stage above held before this event (true after every climb), so only the
+    conditions on the signals it matches can newly hold.
     """
     if not in_place:
-        state = copy_state(state)
-    outcome = Outcome(state)
+        # A copy with its own counters; the traits and the lists of event times stay shared with the
+        # original until changed, and are then replaced, never changed in place (below).
+        state = msgspec.structs.replace(
+            state,
+            signal_counts=dict(state.signal_counts),
+            signal_times=dict(state.signal_times),
+            signal_revenue=dict(state.signal_revenue),
+        )
     if tp.traits:
-        state.traits.update(tp.traits)
+        state.traits = {**state.traits, **tp.traits}
     if tp.category is Category.IDENTITY:
-        return outcome
-    if state.first_seen_at is None or tp.timestamp < state.first_seen_at:
-        state.first_seen_at = tp.timestamp
-    matched = rules.matching_signals(tp)
-    is_activity = any(name in rules.health.activity for name in matched)
-    is_newer = state.last_activity_at is None or tp.timestamp > state.last_activity_at
-    if is_activity and is_newer and _health_applies(state, rules):
-        _inactivity(state, tp.timestamp, rules, outcome, inclusive=False)
-    _record(state, tp, matched, rules)
-    if state.stage is None:
-        state.stage = Stage.DISCOVERY
-        outcome.changes.append(StageMove(None, Stage.DISCOVERY, (), DISCOVERY_RULE, tp.message_id, tp.timestamp))
+        return state
+    at = tp.timestamp
+    if state.first_seen_at is None or at < state.first_seen_at:
+        state.first_seen_at = at
+    match = rules.match(tp)
+    last_activity = state.last_activity_at
+    is_newer = last_activity is None or at > last_activity
+    is_activity = match.activity
+    if is_activity and is_newer and state.stage in rules.health_stages:
+        _inactivity(state, at, rules, changes, inclusive=False)
+    names = match.names
+    if names:
+        counts = state.signal_counts
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+        revenue = tp.revenue if tp.properties else 0.0  # the property looks in the properties: none, no revenue
+        if revenue:
+            totals = state.signal_revenue
+            for name in names:
+                totals[name] = totals.get(name, 0.0) + revenue
+        for name in match.timed[state.stage]:
+            # A new list, never the old one changed: a copied state shares its lists with the original.
+            times = state.signal_times.get(name)
+            if times is None:
+                times = [at]
+            else:
+                times = times.copy()
+                bisect.insort(times, at)
+            state.signal_times[name] = times
+    stage = state.stage
+    if stage is None:
+        stage = state.stage = Stage.DISCOVERY
+        changes.append(StageMove(None, Stage.DISCOVERY, (), DISCOVERY_RULE, tp.message_id, at))
         settled = False  # a new stage: its conditions were never tried
-    _climb(state, rules, outcome, tp.message_id, tp.timestamp, matched if settled else None)
-    if is_newer or not is_activity:
-        _health_on_event(state, tp, matched, rules, outcome)
+    climbs = match.climbs[stage] if settled else rules.climbs[stage]
+    if climbs:
+        _climb(state, rules, changes, tp.message_id, at, climbs)
+    if match.health and (is_newer or not is_activity) and state.stage in rules.health_stages:
+        _health_on_event(state, tp, match, changes, is_newer=is_newer)
     if is_activity and is_newer:
-        state.last_activity_at = tp.timestamp
-    return outcome
+        state.last_activity_at = at
+    return state
 
 
 def tick(state: CustomerState, now: datetime, rules: Rules) -> Outcome:
     """The engine's clock moved to ``now``: inactivity may make the customer at risk or churned."""
+    compiled = rules.compiled()
     state = copy_state(state)
     outcome = Outcome(state)
-    if _health_applies(state, rules):
-        _inactivity(state, now, rules, outcome, inclusive=True)
+    if state.stage in compiled.health_stages:
+        _inactivity(state, now, compiled, outcome.changes, inclusive=True)
     return outcome
 
 
 def next_timer(state: CustomerState, rules: Rules) -> datetime | None:
     """When the clock next matters for this customer (None: no inactivity move is pending)."""
-    if state.last_activity_at is None or not _health_applies(state, rules):
+    compiled = rules.compiled()
+    if state.last_activity_at is None or state.stage not in compiled.health_stages:
         return None
     if state.health in (Health.ACTIVE, Health.REACTIVATED):
-        return state.last_activity_at + rules.health.at_risk_after
+        return state.last_activity_at + compiled.at_risk_after
     if state.health is Health.AT_RISK:
-        return state.last_activity_at + rules.health.churned_after
+        return state.last_activity_at + compiled.churned_after
     return None
 
 
@@ -183,26 +226,18 @@ def merge(known: CustomerState, anonymous: CustomerState, rules: Rules, *, messa
     start = merged.stage
     if _rank(anonymous.stage) > _rank(merged.stage):
         merged.stage = anonymous.stage
-    climbed = Outcome(merged)
-    _climb(merged, rules, climbed, message_id, at)
+    compiled = rules.compiled()
+    climbed: list[Change] = []
+    if merged.stage is not None:
+        _climb(merged, compiled, climbed, message_id, at, compiled.climbs[merged.stage])
     if merged.stage is not None and merged.stage != start:
-        rule = climbed.changes[-1].rule if climbed.changes else "merged"
+        rule = climbed[-1].rule if climbed else "merged"
         outcome.changes.append(StageMove(start, merged.stage, _between(start, merged.stage), rule, message_id, at))
-    _prune(merged, rules)
+    _prune(merged, compiled)
     return outcome
 
 
 # -- stages ---------------------------------------------------------------------------------------
-
-
-def _record(state: CustomerState, tp: AnyTouchpoint, matched: list[str], rules: Rules) -> None:
-    needed = rules.windowed_signals(state.stage)
-    for name in matched:
-        state.signal_counts[name] = state.signal_counts.get(name, 0) + 1
-        if tp.revenue:
-            state.signal_revenue[name] = state.signal_revenue.get(name, 0.0) + tp.revenue
-        if name in needed:
-            bisect.insort(state.signal_times.setdefault(name, []), tp.timestamp)
 
 
 def _count_within(times: list[datetime], count: int, window: timedelta) -> bool:
@@ -216,29 +251,27 @@ def _count_within(times: list[datetime], count: int, window: timedelta) -> bool:
 
 def _climb(
     state: CustomerState,
-    rules: Rules,
-    outcome: Outcome,
+    rules: CompiledRules,
+    changes: list[Change],
     message_id: str | None,
     at: datetime,
-    matched: list[str] | None = None,
+    climbs: tuple[Climb, ...],
 ) -> None:
     """Move up as far as the rules allow; one change per event, listing the stages passed through.
 
-    ``matched``: the state was settled before the event (``apply_touchpoint``), so from the stage it
-    is in only the conditions on these signals are tried: every other one reads what did not change
-    and did not hold. Conditions only grow with more events, and each stage reached is tried in full.
+    ``climbs``: those to try from the stage the customer is in; the state may be settled before the
+    event (``apply_touchpoint``), and then only the conditions on the signals it matched are tried:
+    every other one reads what did not change and did not hold. Conditions only grow with more
+    events, and each stage reached is tried in full.
     """
     start = state.stage
-    last_rule = None
-    climbs = rules.climbs_on(start, matched) if matched is not None and start is not None else None
-    while state.stage is not None:
-        step = _next_stage(state, climbs if climbs is not None else rules.climbs_from(state.stage))
-        climbs = None
-        if step is None:
-            break
-        state.stage, last_rule = step
-    if last_rule is not None and state.stage is not None:
-        outcome.changes.append(StageMove(start, state.stage, _between(start, state.stage), last_rule, message_id, at))
+    last: tuple[Stage, str] | None = None
+    while (step := _next_stage(state, climbs)) is not None:
+        last = step
+        state.stage = step[0]
+        climbs = rules.climbs[step[0]]
+    if last is not None:
+        changes.append(StageMove(start, last[0], _between(start, last[0]), last[1], message_id, at))
         _prune(state, rules)
 
 
@@ -258,8 +291,8 @@ def _next_stage(state: CustomerState, climbs: tuple[Climb, ...]) -> tuple[Stage,
     return None
 
 
-def _prune(state: CustomerState, rules: Rules) -> None:
-    needed = rules.windowed_signals(state.stage)
+def _prune(state: CustomerState, rules: CompiledRules) -> None:
+    needed = rules.windowed[state.stage]
     for name in [n for n in state.signal_times if n not in needed]:
         del state.signal_times[name]
 
@@ -279,58 +312,50 @@ def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
 # -- health ---------------------------------------------------------------------------------------
 
 
-def _health_applies(state: CustomerState, rules: Rules) -> bool:
-    return _rank(state.stage) >= rules.health.applies_from.rank
-
-
-def _inactivity(state: CustomerState, now: datetime, rules: Rules, outcome: Outcome, *, inclusive: bool) -> None:
+def _inactivity(
+    state: CustomerState, now: datetime, rules: CompiledRules, changes: list[Change], *, inclusive: bool
+) -> None:
     """At risk, then churned, when the latest activity is older than the thresholds at ``now``.
 
     The change's time is the moment the threshold passed, whether the clock or a newer event noticed.
     An event exactly at the threshold still counts as activity in time (``inclusive`` is the clock's).
     """
-    if state.last_activity_at is None:
+    last = state.last_activity_at
+    if last is None:
         return
-    idle = now - state.last_activity_at
-    health = rules.health
-
-    def passed(limit: timedelta) -> bool:
-        return idle >= limit if inclusive else idle > limit
-
-    if state.health in (Health.ACTIVE, Health.REACTIVATED) and passed(health.at_risk_after):
-        _move_health(state, Health.AT_RISK, "inactive", None, state.last_activity_at + health.at_risk_after, outcome)
-    if state.health is Health.AT_RISK and passed(health.churned_after):
-        _move_health(state, Health.CHURNED, "inactive", None, state.last_activity_at + health.churned_after, outcome)
+    idle = now - last
+    if state.health in (Health.ACTIVE, Health.REACTIVATED) and (
+        idle >= rules.at_risk_after if inclusive else idle > rules.at_risk_after
+    ):
+        _move_health(state, Health.AT_RISK, "inactive", None, last + rules.at_risk_after, changes)
+    if state.health is Health.AT_RISK and (idle >= rules.churned_after if inclusive else idle > rules.churned_after):
+        _move_health(state, Health.CHURNED, "inactive", None, last + rules.churned_after, changes)
 
 
 def _health_on_event(
-    state: CustomerState, tp: AnyTouchpoint, matched: list[str], rules: Rules, outcome: Outcome
+    state: CustomerState, tp: AnyTouchpoint, match: Match, changes: list[Change], *, is_newer: bool
 ) -> None:
-    if not _health_applies(state, rules):
+    """Health moved by the event itself (``is_newer``: later than the latest activity)."""
+    health = state.health
+    if match.churn:
+        if health is not Health.CHURNED and is_newer:
+            _move_health(state, Health.CHURNED, "churn_event", tp.message_id, tp.timestamp, changes)
         return
-    health = rules.health
-    is_order = health.order in matched
-    if any(name in health.churn_now for name in matched):
-        newer = state.last_activity_at is None or tp.timestamp > state.last_activity_at
-        if state.health is not Health.CHURNED and newer:
-            _move_health(state, Health.CHURNED, "churn_event", tp.message_id, tp.timestamp, outcome)
-        return
-    is_activity = any(name in health.activity for name in matched)
-    if state.health is Health.CHURNED and is_order:
+    if health is Health.CHURNED and match.order:
         state.orders_since_reactivation = 1
-        _move_health(state, Health.REACTIVATED, "order_while_churned", tp.message_id, tp.timestamp, outcome)
-    elif state.health is Health.AT_RISK and is_activity:
-        _move_health(state, Health.ACTIVE, "activity_while_at_risk", tp.message_id, tp.timestamp, outcome)
-    elif state.health is Health.REACTIVATED and is_order:
+        _move_health(state, Health.REACTIVATED, "order_while_churned", tp.message_id, tp.timestamp, changes)
+    elif health is Health.AT_RISK and match.activity:
+        _move_health(state, Health.ACTIVE, "activity_while_at_risk", tp.message_id, tp.timestamp, changes)
+    elif health is Health.REACTIVATED and match.order:
         state.orders_since_reactivation += 1
         if state.orders_since_reactivation >= 2:
-            _move_health(state, Health.ACTIVE, "second_order_after_reactivation", tp.message_id, tp.timestamp, outcome)
+            _move_health(state, Health.ACTIVE, "second_order_after_reactivation", tp.message_id, tp.timestamp, changes)
 
 
 def _move_health(
-    state: CustomerState, to: Health, rule: str, message_id: str | None, at: datetime, outcome: Outcome
+    state: CustomerState, to: Health, rule: str, message_id: str | None, at: datetime, changes: list[Change]
 ) -> None:
-    outcome.changes.append(HealthMove(state.health, to, rule, message_id, at))
+    changes.append(HealthMove(state.health, to, rule, message_id, at))
     state.health = to
     if to is not Health.REACTIVATED:
         state.orders_since_reactivation = 0

@@ -116,24 +116,6 @@ class HealthRules(_Strict):
         return timedelta(days=self.churned_after_days)
 
 
-# One kind of touchpoint (track or not, event name if a signal lists it, category) -> the signals it
-# may match, each with the Signal when its values must still be checked, else None.
-_Kind = tuple[bool, str | None, Category]
-_Candidates = tuple[tuple[str, "Signal | None"], ...]
-
-
-@dataclass(frozen=True)
-class _RuleIndex:
-    by_event: dict[str, list[str]]
-    by_category: dict[Category, list[str]]
-    windowed: dict[Stage | None, frozenset[str]]
-    climbs: dict[Stage, tuple[Climb, ...]]
-    # Filled as kinds of touchpoints are seen; bounded, since event names no signal lists map to None.
-    by_kind: dict[_Kind, _Candidates]
-    # (stage, matched signals) -> the climbs from that stage with only the conditions reading them.
-    climbs_on: dict[tuple[Stage, tuple[str, ...]], tuple[Climb, ...]]
-
-
 # A condition compiled for the hot path: (rule name, signal it reads, count, window, revenue at least).
 # A revenue condition reads `revenue_of`; a count condition with a window reads the signal's event times.
 Check = tuple[str, str, int, timedelta | None, float | None]
@@ -150,9 +132,103 @@ class Climb:
     checks: tuple[Check, ...]
 
 
-# Rules objects are immutable and few: their indexes live here, because pydantic's private
-# attributes go through __getattr__, which showed up in profiles of the hot path.
-_INDEXES: dict[int, _RuleIndex] = {}
+# One kind of touchpoint (track or not, event name if a signal lists it, category) -> the signals it
+# may match, each with the Signal when its values must still be checked, else None.
+_Kind = tuple[bool, str | None, Category]
+_Candidates = tuple[tuple[str, "Signal | None"], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The signals one touchpoint matched and what the hot path asks of them, worked out once per set of names.
+
+    Every touchpoint asks the same questions of its signals (activity? an order? which need event
+    times at this stage? which conditions can they change?); the sets of names are few, so the
+    answers are built once and shared.
+    """
+
+    names: tuple[str, ...]  # in the order of ``CompiledRules.match``
+    activity: bool  # one of them counts as activity for health
+    order: bool  # one of them is the health rules' order
+    churn: bool  # one of them churns at once
+    health: bool  # any of the three: health rules may react to the event
+    timed: dict[Stage | None, tuple[str, ...]]  # per stage: the names whose event times a higher rule needs
+    climbs: dict[Stage, tuple[Climb, ...]]  # per stage: its climbs with only the conditions reading these names
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRules:
+    """A ``Rules`` object's indexes and thresholds, as plain attributes for the per-touchpoint code.
+
+    Rules objects are immutable and few: their compiled form lives in a module dict, because
+    pydantic's private attributes go through __getattr__, which showed up in profiles of the hot path.
+    """
+
+    rules: Rules
+    by_event: dict[str, list[str]]
+    by_category: dict[Category, list[str]]
+    windowed: dict[Stage | None, frozenset[str]]  # signals whose event times a rule of a stage above still needs
+    climbs: dict[Stage, tuple[Climb, ...]]  # the stages one may move to, highest first, conditions in file order
+    health_stages: frozenset[Stage]  # the stages health applies in
+    activity: frozenset[str]
+    order: str
+    churn_now: frozenset[str]
+    at_risk_after: timedelta
+    churned_after: timedelta
+    # Filled as kinds of touchpoints are seen; bounded, since event names no signal lists map to None.
+    fixed: dict[_Kind, Match]  # kinds whose signals read no values: the same match every time
+    varying: dict[_Kind, _Candidates]  # kinds with values to check per touchpoint
+    matches: dict[tuple[str, ...], Match]
+
+    def match(self, tp: AnyTouchpoint) -> Match:
+        """The signals a touchpoint matches: those listing its event name, then those of its category."""
+        event = tp.event
+        kind = (tp.type == "track", event if event in self.by_event else None, tp.category)
+        found = self.fixed.get(kind)
+        if found is not None:
+            return found
+        candidates = self.varying.get(kind)
+        if candidates is None:
+            candidates = self._candidates(tp)
+            if all(signal is None for _, signal in candidates):
+                found = self.fixed[kind] = self._match(tuple(name for name, _ in candidates))
+                return found
+            self.varying[kind] = candidates
+        names = tuple(name for name, signal in candidates if signal is None or signal.matches_values(tp))
+        found = self.matches.get(names)
+        return found if found is not None else self._match(names)
+
+    def _candidates(self, tp: AnyTouchpoint) -> _Candidates:
+        """The signals this kind of touchpoint matches, whatever its values (those with values still to check)."""
+        names = [*self.by_event.get(tp.event or "", ()), *self.by_category.get(tp.category, ())]
+        signals = [(name, self.rules.signals[name]) for name in names]
+        return tuple(
+            (name, signal if signal.reads_values() else None)
+            for name, signal in signals
+            if signal.matches_kind(tp.type, tp.event, tp.category)
+        )
+
+    def _match(self, names: tuple[str, ...]) -> Match:
+        found = self.matches.get(names)
+        if found is None:
+            activity = any(name in self.activity for name in names)
+            order = self.order in names
+            churn = any(name in self.churn_now for name in names)
+            timed = {stage: tuple(n for n in names if n in needed) for stage, needed in self.windowed.items()}
+            climbs = {stage: _narrowed(climbs, names) for stage, climbs in self.climbs.items()}
+            found = self.matches[names] = Match(
+                names, activity, order, churn, activity or order or churn, timed, climbs
+            )
+        return found
+
+
+def _narrowed(climbs: tuple[Climb, ...], signals: tuple[str, ...]) -> tuple[Climb, ...]:
+    """``climbs`` with only the conditions that read one of ``signals``, in the same order."""
+    narrowed = (Climb(c.stage, tuple(k for k in c.checks if k[1] in signals)) for c in climbs)
+    return tuple(c for c in narrowed if c.checks)
+
+
+_COMPILED: dict[int, CompiledRules] = {}
 
 
 class Rules(_Strict):
@@ -199,45 +275,27 @@ class Rules(_Strict):
             )
             for current in STAGE_ORDER
         }
-        _INDEXES[id(self)] = _RuleIndex(by_event, by_category, windowed, climbs, {}, {})
-
-    def matching_signals(self, tp: AnyTouchpoint) -> list[str]:
-        """Names of the signals a touchpoint matches, in the order the rules file lists them."""
-        index = _INDEXES[id(self)]
-        event = tp.event
-        kind = (tp.type == "track", event if event in index.by_event else None, tp.category)
-        candidates = index.by_kind.get(kind)
-        if candidates is None:
-            candidates = index.by_kind[kind] = self._candidates(index, tp)
-        return [name for name, signal in candidates if signal is None or signal.matches_values(tp)]
-
-    def _candidates(self, index: _RuleIndex, tp: AnyTouchpoint) -> _Candidates:
-        """The signals this kind of touchpoint matches, whatever its values (those with values still to check)."""
-        names = [*index.by_event.get(tp.event or "", ()), *index.by_category.get(tp.category, ())]
-        signals = [(name, self.signals[name]) for name in names]
-        return tuple(
-            (name, signal if signal.reads_values() else None)
-            for name, signal in signals
-            if signal.matches_kind(tp.type, tp.event, tp.category)
+        health = self.health
+        _COMPILED[id(self)] = CompiledRules(
+            rules=self,
+            by_event=by_event,
+            by_category=by_category,
+            windowed=windowed,
+            climbs=climbs,
+            health_stages=frozenset(s for s in STAGE_ORDER if s.rank >= health.applies_from.rank),
+            activity=frozenset(health.activity),
+            order=health.order,
+            churn_now=frozenset(health.churn_now),
+            at_risk_after=health.at_risk_after,
+            churned_after=health.churned_after,
+            fixed={},
+            varying={},
+            matches={},
         )
 
-    def climbs_from(self, stage: Stage) -> tuple[Climb, ...]:
-        """The stages a customer at ``stage`` may move to, highest first, as the rules file orders their conditions."""
-        return _INDEXES[id(self)].climbs[stage]
-
-    def climbs_on(self, stage: Stage, signals: list[str]) -> tuple[Climb, ...]:
-        """``climbs_from(stage)`` with only the conditions that read one of ``signals``, in the same order."""
-        index = _INDEXES[id(self)]
-        key = (stage, tuple(signals))
-        found = index.climbs_on.get(key)
-        if found is None:
-            narrowed = (Climb(c.stage, tuple(k for k in c.checks if k[1] in signals)) for c in index.climbs[stage])
-            found = index.climbs_on[key] = tuple(c for c in narrowed if c.checks)
-        return found
-
-    def windowed_signals(self, above: Stage | None) -> frozenset[str]:
-        """Signals whose event times a rule of a stage above ``above`` still needs."""
-        return _INDEXES[id(self)].windowed[above]
+    def compiled(self) -> CompiledRules:
+        """The indexes and thresholds the per-touchpoint code reads (built once, at validation)."""
+        return _COMPILED[id(self)]
 
     def _windowed_above(self, above: Stage | None) -> frozenset[str]:
         floor = -1 if above is None else above.rank

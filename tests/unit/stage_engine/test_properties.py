@@ -6,12 +6,14 @@ import zlib
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clm_shared.schemas.lifecycle import Stage
 from clm_shared.schemas.touchpoint import Touchpoint
+from stage_engine.batch import BatchState, apply_batch
 from stage_engine.lifecycle import StageMove
 from stage_engine.memory import InMemoryEngine
 from stage_engine.rules import DEFAULT_RULES_FILE, load_rules, parse_rules
@@ -158,3 +160,16 @@ def test_the_preview_s_states_only_engine_ends_in_the_engine_s_states(
         assert states_only.identities == full.identities
         assert states_only.processed == full.processed
         assert not states_only.published
+
+
+@settings(max_examples=200)
+@given(sequences_with_identity, sequences_with_identity)
+def test_a_batch_never_changes_the_states_it_was_given(first: list[Touchpoint], second: list[Touchpoint]) -> None:
+    # The store writes the states that differ from those it loaded: a batch works on copies, which
+    # share unchanged containers (event times, traits) with the loaded states and never change them.
+    engine = run(first)
+    loaded = dict(engine.customers)
+    before = {cid: msgspec.msgpack.encode(c) for cid, c in loaded.items()}
+    state = BatchState(dict(loaded), dict(engine.identities), set(engine.processed), loaded=dict(loaded))
+    apply_batch(second, state, RULES)
+    assert {cid: msgspec.msgpack.encode(c) for cid, c in loaded.items()} == before
