@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import time
 from typing import Any
 
@@ -38,13 +39,14 @@ async def _send_paced(base: str, key: str, rate: int, seconds: int, results: mul
     late = 0
     slots = asyncio.Semaphore(MAX_IN_FLIGHT)
     interval = BATCH_EVENTS / rate
+    run = os.urandom(4).hex()  # new customers and messages in every run, also the second in one benchmark
     async with httpx.AsyncClient(base_url=base, auth=(key, ""), timeout=10) as client:
 
         async def send(n: int) -> None:
-            ids = [f"lat-{n}-{i}" for i in range(BATCH_EVENTS)]
+            ids = [f"lat-{run}-{n}-{i}" for i in range(BATCH_EVENTS)]
             body = {
                 "batch": [
-                    {"type": "page", "anonymousId": f"new-{n}-{i}", "messageId": m, "name": "Home"}
+                    {"type": "page", "anonymousId": f"new-{run}-{n}-{i}", "messageId": m, "name": "Home"}
                     for i, m in enumerate(ids)
                 ]
             }
@@ -126,10 +128,10 @@ async def latency_run(base: str, key: str, bootstrap: str, topic: str, rate: int
     }
 
 
-def print_latency(latency: dict[str, Any], rate: int) -> None:
+def print_latency(latency: dict[str, Any], rate: int, label: str = "ack -> change") -> None:
     """The latency run's lines, the same in every benchmark that has one."""
     print(
-        f"  ack -> change   : p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms,"
+        f"  {label:16s}: p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms,"
         f" max {latency['max_ms']:.1f} ms at {rate:,} events/s"
         f" ({latency['observed']:,} of {latency['events']:,} observed; {latency['late_sends']} requests sent late,"
         f" {latency['timed_out_requests']} timed out)"

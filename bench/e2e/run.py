@@ -11,9 +11,11 @@ ingest, the stage engine, metrics and campaigns (with the local mail sink) as `c
    change they caused (the groups' committed offsets against the topics' end offsets).
 2. **Latency.** New customers' first touchpoints at BENCH_RATE events/s for BENCH_LATENCY_SECONDS
    (``bench.latency``: the load from a process of its own), timed per event from ingest's 200 to
-   its `discovery` change on the stage-changes topic, with metrics and campaigns consuming too.
+   its `discovery` change on the stage-changes topic, with metrics and campaigns consuming too:
+   once before the load (the platform in its steady state) and once after it (the aftermath of
+   the burst: autovacuum, the campaigns' retry rounds for the backlog).
 
-The CPU share of every kind of process is printed for both phases. Results go to bench/results/.
+The CPU share of every kind of process is printed for every phase. Results go to bench/results/.
 Run by `make bench` (`python -m bench.e2e.run`).
 """
 
@@ -181,6 +183,13 @@ def main() -> None:
                 wait_ready(f"http://127.0.0.1:{port}")
             ingest = f"http://127.0.0.1:{ports['ingest']}"
             script = lua_script(infra.scratch / "journey.lua", key)
+            # Steady state first: the platform at 2,000 events/s with nothing else to do, as it runs
+            # day to day. The same run after the load shows the aftermath of a million-event burst.
+            print(f"latency at {RATE:,} events/s for {LATENCY_SECONDS} s, steady...", flush=True)
+            with CpuShares(SERVICE_MODULES, infra.scratch) as steady_cpu:
+                steady = asyncio.run(
+                    latency_run(ingest, key, kafka.bootstrap, topics.stage_changes, RATE, LATENCY_SECONDS)
+                )
             print(f"load: wrk, {CONNECTIONS} connections, 100-event batches, {SECONDS} s...", flush=True)
             with CpuShares(SERVICE_MODULES, infra.scratch) as load_cpu:
                 began = time.monotonic()
@@ -216,7 +225,7 @@ def main() -> None:
             acked = (load["requests"] - load["failed_requests"]) * 100
             on_topic = sum(touchpoint_ends.values())
             changes = sum(change_ends.values())
-            print(f"latency at {RATE:,} events/s for {LATENCY_SECONDS} s...", flush=True)
+            print(f"latency at {RATE:,} events/s for {LATENCY_SECONDS} s, after the load...", flush=True)
             with CpuShares(SERVICE_MODULES, infra.scratch) as latency_cpu:
                 latency = asyncio.run(
                     latency_run(ingest, key, kafka.bootstrap, topics.stage_changes, RATE, LATENCY_SECONDS)
@@ -245,8 +254,10 @@ def main() -> None:
         "cpu_share_load": load_cpu.shares(),
         "cpu_share_drain": drain_cpu.shares(),
         "cpu_share_latency": latency_cpu.shares(),
+        "cpu_share_steady_latency": steady_cpu.shares(),
         **load,
         **{f"latency_{k}": v for k, v in latency.items()},
+        **{f"steady_latency_{k}": v for k, v in steady.items()},
     }
     print(
         f"end-to-end benchmark ({PARTITIONS} partitions, engine {ENGINE_WORKERS} process(es), ingest {INGEST_WORKERS})"
@@ -261,13 +272,14 @@ def main() -> None:
         " load began"
     )
     print(f"  sustained       : {sustained:,.0f} events/s end to end (acknowledged, applied and measured)")
-    for phase, cpu in (("load", load_cpu), ("drain", drain_cpu), ("latency", latency_cpu)):
+    for phase, cpu in (("steady", steady_cpu), ("load", load_cpu), ("drain", drain_cpu), ("after", latency_cpu)):
         print(
             f"  CPU ({phase:7s})   : "
             + ", ".join(f"{kind} {share:.0%}" for kind, share in cpu.shares().items())
             + " of a core"
         )
-    print_latency(latency, RATE)
+    print_latency(steady, RATE, "steady: ack->chg")
+    print_latency(latency, RATE, "after load")
     write_results("e2e", summary)
 
 
