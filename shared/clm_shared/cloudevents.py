@@ -50,8 +50,9 @@ def encode(
     time: datetime,
     data: BaseModel | dict[str, Any],
 ) -> KafkaMessage:
-    """A structured-mode message keyed by the customer id (``encode_value`` with its key and header)."""
-    value = encode_value(
+    """The event as the SDK's Kafka message: ``to_record`` for callers that want that type."""
+    record = to_record(
+        "",
         event_id=event_id,
         event_type=event_type,
         service=service,
@@ -60,7 +61,7 @@ def encode(
         time=time,
         data=data,
     )
-    return KafkaMessage(headers=dict(HEADERS), key=customer_id.encode(), value=value)
+    return KafkaMessage(headers=dict(record.headers), key=record.key, value=record.value)
 
 
 def to_record(
@@ -74,30 +75,7 @@ def to_record(
     time: datetime,
     data: BaseModel | dict[str, Any],
 ) -> OutgoingRecord:
-    """The event as an outgoing (outbox) record for ``topic``, keyed by the customer id."""
-    value = encode_value(
-        event_id=event_id,
-        event_type=event_type,
-        service=service,
-        customer_id=customer_id,
-        sequence=sequence,
-        time=time,
-        data=data,
-    )
-    return OutgoingRecord(topic, value, key=customer_id.encode(), headers=HEADERS)
-
-
-def encode_value(
-    *,
-    event_id: str,
-    event_type: str,
-    service: str,
-    customer_id: str,
-    sequence: int,
-    time: datetime,
-    data: BaseModel | dict[str, Any],
-) -> bytes:
-    """The record value of a structured-mode CloudEvent, for hot paths that send it with ``HEADERS``.
+    """A structured-mode CloudEvent as an outgoing (outbox) record for ``topic``, keyed by the customer id.
 
     Written with orjson rather than through the SDK's JSON format (a third of the engine's encoding
     time); ``decode`` reads it back as the SDK does, and the tests hold the two together. ``data`` is
@@ -105,7 +83,7 @@ def encode_value(
     them, which is as pydantic writes them: no model built and dumped per event). Times go to orjson
     as they are: it writes RFC 3339 as ``isoformat`` does, with ``Z`` for UTC, at a tenth of the cost.
     """
-    return orjson.dumps(
+    value = orjson.dumps(
         {
             "specversion": "1.0",
             "id": event_id,
@@ -120,6 +98,7 @@ def encode_value(
         },
         option=orjson.OPT_UTC_Z,
     )
+    return OutgoingRecord(topic, value, key=customer_id.encode(), headers=HEADERS)
 
 
 def decode(value: bytes | None, *, types: Collection[str] | None = None) -> Envelope:
