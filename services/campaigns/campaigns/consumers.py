@@ -15,8 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from campaigns import store
 from campaigns.guardrails import Guardrails
-from campaigns.journeys import Journeys, Profile, TriggerEvent, reacts_to
-from campaigns.registry import WatchedEvents
+from campaigns.journeys import Journeys, Profile, TriggerEvent
 from campaigns.tables import EVENT_DEDUP, TOUCHPOINT_DEDUP
 from clm_shared.batch_consumer import TransactionalHandler, cloudevent_handler
 from clm_shared.cloudevents import CloudEventDeserializer, Envelope
@@ -49,7 +48,7 @@ class Decisions:
     guardrails: Guardrails
     clock: Clock
     events_topic: str
-    watched: WatchedEvents = field(default_factory=lambda: WatchedEvents(reacts_to))
+    watched: store.WatchedEvents = field(default_factory=store.WatchedEvents)
 
     async def journeys(self, db: Db, customer_ids: Sequence[str], runs: dict[str, list[Any]]) -> Journeys:
         now = self.clock()

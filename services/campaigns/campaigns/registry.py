@@ -6,7 +6,6 @@ they started with, so customers in a run finish the journey they began.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -76,27 +75,14 @@ async def versions(db: Db, keys: set[tuple[str, int]]) -> dict[tuple[str, int], 
     return {(r["campaign_id"], r["version"]): _campaign(r["definition"]) for r in rows}
 
 
-@dataclass
-class WatchedEvents:
-    """The event names any stored campaign version reacts to (``reacts_to``), kept while no version is added.
+async def version_count(db: Db) -> int:
+    """How many versions are stored: they are only ever added, so an unchanged count means no new one."""
+    return int(await db.fetchval("SELECT count(*) FROM campaign_versions"))
 
-    Versions are immutable and only ever added, so their count says whether the set is current; a
-    version another instance adds is seen by the next batch. Every version counts, archived and old
-    ones too: a run of an old version may still wait for its event.
-    """
 
-    reacts_to: Callable[[Campaign], set[str]]
-    _versions: int = -1
-    _names: frozenset[str] = frozenset()
-
-    async def names(self, db: Db) -> frozenset[str]:
-        count = int(await db.fetchval("SELECT count(*) FROM campaign_versions"))
-        if count != self._versions:
-            # Read after the count: a version added in between makes the set larger, never smaller.
-            rows = await db.fetch("SELECT definition FROM campaign_versions")
-            self._names = frozenset(name for row in rows for name in self.reacts_to(_campaign(row["definition"])))
-            self._versions = count
-        return self._names
+async def all_versions(db: Db) -> list[Campaign]:
+    """Every stored version of every campaign, archived and old ones too."""
+    return [_campaign(row["definition"]) for row in await db.fetch("SELECT definition FROM campaign_versions")]
 
 
 async def save(db: Db, campaign: Campaign, *, origin: Origin, now: datetime) -> Registered:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,8 +17,8 @@ import orjson
 from pydantic import BaseModel
 
 from campaigns.definitions import Campaign
-from campaigns.journeys import CapLedger, LiveCampaign, Plan, Profile, Run
-from campaigns.registry import list_all, versions
+from campaigns.journeys import CapLedger, LiveCampaign, Plan, Profile, Run, reacts_to
+from campaigns.registry import all_versions, list_all, version_count, versions
 from clm_shared.cloudevents import to_record
 from clm_shared.kafka.producer import OutgoingRecord
 from clm_shared.outbox import Outbox
@@ -108,6 +109,26 @@ async def try_lock_customers(db: Db, customer_ids: Iterable[str]) -> set[str]:
 
 
 # -- loading --------------------------------------------------------------------------------------
+@dataclass
+class WatchedEvents:
+    """The event names any stored campaign version reacts to (``reacts_to``), kept while no version is added.
+
+    A version another instance adds is seen by the next batch. Every version counts, archived and old
+    ones too: a run of an old version may still wait for its event.
+    """
+
+    _versions: int = -1
+    _names: frozenset[str] = frozenset()
+
+    async def names(self, db: Db) -> frozenset[str]:
+        count = await version_count(db)
+        if count != self._versions:
+            # Read after the count: a version added in between makes the set larger, never smaller.
+            self._names = frozenset(name for campaign in await all_versions(db) for name in reacts_to(campaign))
+            self._versions = count
+        return self._names
+
+
 async def live_campaigns(db: Db) -> dict[str, LiveCampaign]:
     return {r.campaign.id: LiveCampaign(r.campaign, r.version, r.status) for r in await list_all(db)}
 
