@@ -118,8 +118,8 @@ runs = Table(
     Column("waiting_for", Text, nullable=True),  # the event a wait_for_event step waits for
     Column("converted_at", DateTime(timezone=True), nullable=True),  # an order after a send: attribution
     Column("entry_converted_at", DateTime(timezone=True), nullable=True),  # an order after entry: the uplift
-    UniqueConstraint("campaign_id", "customer_id", "trigger_id", name="uq_runs_trigger"),
-    Index("ix_runs_customer", "customer_id"),
+    # Customer first: it also serves every per-customer lookup (a batch's customers' runs).
+    UniqueConstraint("customer_id", "campaign_id", "trigger_id", name="uq_runs_trigger"),
     Index("ix_runs_members", "campaign_id", "status", "run_id"),
 )
 
@@ -147,6 +147,7 @@ messages = Table(
     Column("last_error", Text, nullable=True),
     UniqueConstraint("campaign_id", "version", "customer_id", "trigger_id", "step", name="uq_messages_send"),
     Index("ix_messages_customer", "customer_id", "created_at"),
+    Index("ix_messages_held_back", "customer_id", postgresql_where="step = -1"),
     Index("ix_messages_due", "due_at", postgresql_where="status = 'pending'"),
 )
 

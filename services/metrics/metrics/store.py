@@ -124,13 +124,15 @@ async def _bulk(db: Db, facts: Sequence[LifecycleFact]) -> None:
         elif isinstance(fact, CampaignEvent):
             campaigns[(fact.day, fact.type, fact.campaign)] += 1
     if reached:
+        # A stage change names every stage before it too, and those rows mostly exist with an earlier
+        # time: the WHERE leaves them unwritten (no new row version, no WAL, nothing to vacuum).
         keys = sorted(reached)
         await db.execute(
             """
             INSERT INTO stage_reached (customer_id, stage, reached_at)
             SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
             ON CONFLICT (customer_id, stage)
-            DO UPDATE SET reached_at = least(stage_reached.reached_at, excluded.reached_at)
+            DO UPDATE SET reached_at = excluded.reached_at WHERE excluded.reached_at < stage_reached.reached_at
             """,
             [k[0] for k in keys],
             [k[1] for k in keys],
