@@ -57,6 +57,8 @@ RATE = int(os.environ.get("BENCH_RATE", "2000"))
 LATENCY_SECONDS = int(os.environ.get("BENCH_LATENCY_SECONDS", "30"))
 ENGINE_WORKERS = int(os.environ.get("BENCH_ENGINE_WORKERS", "1"))
 INGEST_WORKERS = int(os.environ.get("BENCH_INGEST_WORKERS", "1"))
+# Instances of metrics and of campaigns (each one process on a port of its own, in the same groups).
+SUBSCRIBER_INSTANCES = int(os.environ.get("BENCH_SUBSCRIBER_INSTANCES", "1"))
 CUSTOMERS_PER_THREAD = 20_000
 PARTITIONS = 6
 SERVICE_MODULES = list(SERVICES.values())
@@ -178,6 +180,12 @@ def main() -> None:
             subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=log)
             for module in [*SERVICE_MODULES, MAIL_SINK_MODULE]
         ]
+        for name in ("metrics", "campaigns"):
+            for _ in range(SUBSCRIBER_INSTANCES - 1):
+                extra = env | {f"CLM_{name.upper()}_PORT": str(free_port())}
+                processes.append(
+                    subprocess.Popen([sys.executable, "-m", SERVICES[name]], env=extra, stdout=log, stderr=log)
+                )
         try:
             for port in ports.values():
                 wait_ready(f"http://127.0.0.1:{port}")
@@ -238,6 +246,7 @@ def main() -> None:
         "partitions": PARTITIONS,
         "engine_workers": ENGINE_WORKERS,
         "ingest_workers": INGEST_WORKERS,
+        "subscriber_instances": SUBSCRIBER_INSTANCES,
         "connections": CONNECTIONS,
         "load_s": load_s,
         "acked_events": acked,
@@ -258,7 +267,8 @@ def main() -> None:
         **{f"steady_latency_{k}": v for k, v in steady.items()},
     }
     print(
-        f"end-to-end benchmark ({PARTITIONS} partitions, engine {ENGINE_WORKERS} process(es), ingest {INGEST_WORKERS})"
+        f"end-to-end benchmark ({PARTITIONS} partitions, engine {ENGINE_WORKERS} process(es), ingest {INGEST_WORKERS},"
+        f" metrics and campaigns {SUBSCRIBER_INSTANCES} instance(s) each)"
     )
     print(
         f"  ingest          : {acked:,} events acknowledged in {load_s:.1f} s = {acked / load_s:,.0f} events/s"

@@ -4,11 +4,15 @@
 before (and repeats within the batch), checks per-subject sequences, hands the fresh records to the
 service's ``apply(db, records)``, remembers their ids and trims the dedup table to its window. The
 loop commits the offsets after the transaction, so a crash anywhere applies the batch once.
+
+``apply`` may return the records whose effects must not repeat: only their ids are remembered. The
+others changed nothing (or nothing a second time), so a replay may apply them again at no cost, and
+the dedup table skips a write per record for a consumer that ignores most of its input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
@@ -23,7 +27,8 @@ from clm_shared.transactions import Db, transaction
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
-Apply = Callable[[Db, Sequence[Consumed[T]]], Awaitable[None]]
+# Returns None (remember every record) or the records whose ids to remember.
+Apply = Callable[[Db, Sequence[Consumed[T]]], Awaitable[Iterable[T] | None]]
 
 
 @dataclass
@@ -52,9 +57,8 @@ class TransactionalHandler(Generic[T]):
                     fresh.append(item)
             if self.sequence_of is not None:
                 await self.sequences.check(db, [self.sequence_of(item.value) for item in fresh])
-            if fresh:
-                await self.apply(db, fresh)
-            ids = [self.id_of(item.value) for item in fresh]
+            acted = await self.apply(db, fresh) if fresh else None
+            ids = [self.id_of(item.value) for item in fresh] if acted is None else [self.id_of(v) for v in acted]
             await self.dedup.remember(db, ids, now)
             await self.dedup.trim(db, now - self.dedup_window, len(ids))
         if fresh and self.after_commit is not None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import event, exc, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from clm_shared.settings import Settings
@@ -25,14 +26,26 @@ def service_schema(settings: Settings, service: str) -> str:
 
 def create_engine(database_url: str, *, schema: str, pool_size: int = 5) -> AsyncEngine:
     """An engine whose connections see the service's schema first."""
-    return create_async_engine(
+    engine = create_async_engine(
         database_url,
         json_serializer=_json_text,
         json_deserializer=orjson.loads,
         pool_size=pool_size,
-        pool_pre_ping=True,
         connect_args={"server_settings": {"search_path": schema}, "timeout": 10},
     )
+    event.listen(engine.sync_engine.pool, "checkout", _replace_closed)
+    return engine
+
+
+def _replace_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """A pooled connection the server closed (a restart, an idle timeout) is replaced at checkout.
+
+    In place of ``pool_pre_ping``, whose round trip before every transaction was 5% of a consumer's
+    time: the driver notices a closed socket by itself. A connection that dies unnoticed fails its
+    statement instead, an outage the caller retries (``transaction`` then drops it from the pool).
+    """
+    if dbapi_connection.driver_connection.is_closed():
+        raise exc.DisconnectionError("the server closed this connection")
 
 
 def _json_text(value: object) -> str:

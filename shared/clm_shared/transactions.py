@@ -19,5 +19,12 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[Db]:
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
         db: Db = raw.driver_connection
-        async with db.transaction():
-            yield db
+        try:
+            async with db.transaction():
+                yield db
+        except BaseException:
+            # Failed or cancelled mid-statement, a connection can be closed or left mid-operation:
+            # never back into the pool (there is no ping at checkout to catch it). A new one is cheap
+            # next to a failed batch.
+            await conn.invalidate()
+            raise

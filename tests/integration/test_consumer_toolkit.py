@@ -21,7 +21,7 @@ from clm_shared.service import ServiceContext
 from clm_shared.settings import Settings
 from clm_shared.timers import Timers
 from clm_shared.topics import Topics
-from clm_shared.transactions import transaction
+from clm_shared.transactions import Db, transaction
 from tests.utils.clock import FakeClock
 from tests.utils.kafka import read_records
 from tests.utils.toolkit_consumer import applied_rows, apply_stage_changes, stage_change, toolkit_schema
@@ -116,6 +116,22 @@ async def test_the_dedup_table_stays_bounded_under_a_sustained_input(engine: Asy
     assert max(sizes) <= (window.total_seconds() + 1) * per_second
     assert sizes[-1] == sizes[-10]  # level, not growing
     assert await count(engine, "applied") == 40 * per_second
+
+
+async def test_only_the_records_the_apply_names_are_remembered_and_only_they_are_never_applied_twice(
+    engine: AsyncEngine,
+) -> None:
+    async def apply_odd(db: Db, batch: Sequence[Consumed[Envelope]]) -> list[Envelope]:
+        await apply_stage_changes(db, batch)
+        return [item.value for item in batch if item.value.sequence % 2]
+
+    handler = cloudevent_handler(engine, apply_odd, clock=FakeClock(T0), dedup_window=timedelta(days=1))
+    batch = [_consumed("c", n) for n in range(6)]  # sequences 1..6
+    await handler(batch)
+    await handler(batch)  # a replay: the even ones again, the odd ones not
+    assert await count(engine, "processed_messages") == 3
+    applied = sorted(s for _, _, s in await applied_rows(engine))
+    assert applied == [1, 2, 2, 3, 4, 4, 5, 6, 6]
 
 
 def _consumed(customer: str, sequence: int) -> Consumed[Envelope]:

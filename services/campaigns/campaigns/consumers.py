@@ -102,7 +102,8 @@ def _products(properties: dict[str, Any]) -> list[tuple[str, str | None, int]]:
     return found
 
 
-async def apply_touchpoints(db: Db, batch: Sequence[AnyTouchpoint], decisions: Decisions) -> None:
+async def apply_touchpoints(db: Db, batch: Sequence[AnyTouchpoint], decisions: Decisions) -> list[AnyTouchpoint]:
+    """Apply the batch; returns the touchpoints that must not be applied twice (the rest only link ids)."""
     aliases = await store.identities(db, {i for tp in batch for i in (tp.anonymous_id, tp.previous_id) if i})
     links: dict[str, str] = {}
     for tp in batch:
@@ -118,15 +119,18 @@ async def apply_touchpoints(db: Db, batch: Sequence[AnyTouchpoint], decisions: D
     tracks = [tp for tp in batch if tp.type == "track" and tp.event]
     await _suppressions(db, tracks, customer_of)
     await _purchases(db, [(customer_of(tp), tp) for tp in tracks if tp.event == ORDER_COMPLETED])
+    suppressing = [tp for tp in tracks if tp.event in (UNSUBSCRIBED, EMAIL_BOUNCED)]
     # Most touchpoints bring no traits and start, move and end nothing: their customers are not
-    # locked, and their profiles and runs not loaded.
+    # locked, their profiles and runs not loaded, and their ids not remembered.
     if tracks:
         watched = await decisions.watched.names(db)
         tracks = [tp for tp in tracks if tp.event == ORDER_COMPLETED or tp.event in watched]
     inputs = [(tp, found) for tp in batch if (found := _profile_input(tp)) is not None]
+    acted = {tp.message_id for tp in (*suppressing, *tracks, *(tp for tp, _ in inputs))}
+    once = [tp for tp in batch if tp.message_id in acted]
     customers = sorted({customer_of(tp) for tp in tracks} | {customer_of(tp) for tp, _ in inputs})
     if not customers:
-        return
+        return once
     await store.lock_customers(db, customers)
     profiles = await store.profiles(db, customers)
     changed: dict[str, Profile] = {}
@@ -137,7 +141,7 @@ async def apply_touchpoints(db: Db, batch: Sequence[AnyTouchpoint], decisions: D
     now = decisions.clock()
     await store.save_traits(db, changed.values(), now)
     if not tracks:
-        return
+        return once
     active = sorted({customer_of(tp) for tp in tracks})
     runs = await store.runs_in_progress(db, active)
     journeys = await decisions.journeys(db, active, runs)
@@ -163,6 +167,7 @@ async def apply_touchpoints(db: Db, batch: Sequence[AnyTouchpoint], decisions: D
         if orders:  # a later order of this batch converts these runs too
             candidates.setdefault(cid, []).extend((run, None) for run in new_runs)
     await store.write_plan(db, journeys.plan, topic=decisions.events_topic, now=now)
+    return once
 
 
 async def _suppressions(db: Db, tracks: list[AnyTouchpoint], customer_of: Callable[[AnyTouchpoint], str]) -> None:
@@ -264,8 +269,8 @@ async def apply_lifecycle(db: Db, batch: Sequence[Envelope], decisions: Decision
 def touchpoint_handler(
     engine: AsyncEngine, decisions: Decisions, dedup_window: timedelta, after_commit: Callable[[], None] | None = None
 ) -> TransactionalHandler[AnyTouchpoint]:
-    async def apply(db: Db, batch: Sequence[Consumed[AnyTouchpoint]]) -> None:
-        await apply_touchpoints(db, [item.value for item in batch], decisions)
+    async def apply(db: Db, batch: Sequence[Consumed[AnyTouchpoint]]) -> list[AnyTouchpoint]:
+        return await apply_touchpoints(db, [item.value for item in batch], decisions)
 
     return TransactionalHandler(
         engine,

@@ -387,3 +387,17 @@ async def test_replaying_the_topics_later_messages_nobody_about_the_past(
             assert replay.sink.messages() == []
     finally:
         await drop_schemas(settings.database_url, namespace)
+
+
+async def test_touchpoints_that_change_nothing_leave_no_dedup_row_and_a_repeated_order_counts_once(
+    svc: CampaignsUnderTest,
+) -> None:
+    ignored = [touchpoint("Product Viewed", customer="zed", at=T), touchpoint("Home", customer="zed", call_type="page")]
+    order = touchpoint("Order Completed", customer="zed", at=T, products=[{"product_id": "p1", "quantity": 2}])
+    profile = identify("zed", T)
+    await svc.touch(*ignored, order, profile)
+    await svc.touch(*ignored, order, profile)  # redelivered: the same messageIds
+    await svc.settled()
+    remembered = {r[0] for r in await svc.fetch("SELECT message_id FROM processed_messages")}
+    assert remembered == {order.message_id, profile.message_id}
+    assert await svc.value("SELECT quantity FROM purchases WHERE customer_id = 'zed'") == 2
