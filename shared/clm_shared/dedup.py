@@ -24,6 +24,13 @@ class DuplicateDelivery(TransientError):
     """Another consumer recorded one of the batch's ids meanwhile (a rebalance): the retry skips it."""
 
 
+class AlreadyApplied(TransientError):
+    """``claim`` met an id applied before: run the batch again the careful way (``seen``, ``remember``).
+
+    Transient, so that a caller who lets it escape gets the batch retried, never dead-lettered.
+    """
+
+
 @dataclass(frozen=True)
 class Dedup:
     """One dedup table; ``trim_per_id`` expired ids are forgotten per id remembered (at least ``trim_min``)."""
@@ -39,6 +46,24 @@ class Dedup:
             return set()
         rows = await db.fetch(f"SELECT message_id FROM {self.table} WHERE message_id = ANY($1::text[])", wanted)
         return {row[0] for row in rows}
+
+    async def claim(self, db: Db, ids: Iterable[str], at: datetime) -> None:
+        """Remember every id at once, first thing in the batch's transaction, on the bet that none was
+        applied before (a redelivery is rare): no lookup. Raises ``AlreadyApplied`` if one was; the
+        transaction is then aborted.
+
+        Written in sorted order: two consumers claiming overlapping ids wait for each other, never
+        deadlock. One that waited on the other's id finds it applied once the other commits.
+        """
+        ordered = sorted(set(ids))
+        if not ordered:
+            return
+        try:
+            await db.copy_records_to_table(
+                self.table, records=[(i, at) for i in ordered], columns=["message_id", "processed_at"]
+            )
+        except asyncpg.exceptions.UniqueViolationError as exc:
+            raise AlreadyApplied("an id of this batch was applied before") from exc
 
     async def remember(self, db: Db, ids: Sequence[str], at: datetime) -> None:
         """Record ids as applied; if another consumer recorded one meanwhile, the transaction must retry."""

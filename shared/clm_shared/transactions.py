@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 # An asyncpg connection (asyncpg ships no type hints). Array parameters (``= ANY($1)``, ``unnest``)
@@ -22,6 +23,12 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[Db]:
         try:
             async with db.transaction():
                 yield db
+        except asyncpg.PostgresError:
+            # The server refused a statement and the transaction is rolled back: the connection is
+            # fine, unless the server ended it (a shutdown).
+            if db.is_closed():
+                await conn.invalidate()
+            raise
         except BaseException:
             # Failed or cancelled mid-statement, a connection can be closed or left mid-operation:
             # never back into the pool (there is no ping at checkout to catch it). A new one is cheap

@@ -126,12 +126,23 @@ async def test_only_the_records_the_apply_names_are_remembered_and_only_they_are
         return [item.value for item in batch if item.value.sequence % 2]
 
     handler = cloudevent_handler(engine, apply_odd, clock=FakeClock(T0), dedup_window=timedelta(days=1))
+    handler.remember_returned = True
     batch = [_consumed("c", n) for n in range(6)]  # sequences 1..6
     await handler(batch)
     await handler(batch)  # a replay: the even ones again, the odd ones not
     assert await count(engine, "processed_messages") == 3
     applied = sorted(s for _, _, s in await applied_rows(engine))
     assert applied == [1, 2, 2, 3, 4, 4, 5, 6, 6]
+
+
+async def test_a_batch_that_repeats_some_applied_ids_applies_only_the_new_ones(engine: AsyncEngine) -> None:
+    handler = cloudevent_handler(engine, apply_stage_changes, clock=FakeClock(T0), dedup_window=timedelta(days=1))
+    first = [_consumed("c", n) for n in range(3)]  # sequences 1..3, claimed without a lookup
+    await handler(first)
+    again = [*first[1:], first[1], _consumed("c", 3), _consumed("c", 4)]  # 2, 3, 2 again, then 4 and 5
+    await handler(again)
+    assert sorted(s for _, _, s in await applied_rows(engine)) == [1, 2, 3, 4, 5]
+    assert await count(engine, "processed_messages") == 5
 
 
 def _consumed(customer: str, sequence: int) -> Consumed[Envelope]:

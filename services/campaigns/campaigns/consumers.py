@@ -280,6 +280,7 @@ def touchpoint_handler(
         dedup_window=dedup_window,
         dedup=Dedup(TOUCHPOINT_DEDUP),
         after_commit=after_commit,
+        remember_returned=True,
     )
 
 

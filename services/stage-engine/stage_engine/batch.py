@@ -67,6 +67,8 @@ class BatchState:
     # conditions an event can affect (see ``apply_touchpoint``), changes are counted in each
     # customer's sequence but not kept, and ``touched`` is not kept either (``changed`` is for a store).
     states_only: bool = False
+    # Every message id of the batch was already written to the dedup table (``Dedup.claim``).
+    claimed: bool = False
 
     def changed(self) -> list[CustomerState]:
         """The touched customers whose state differs from what was loaded, in id order."""

@@ -16,10 +16,11 @@ import structlog
 from prometheus_client import Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clm_shared.dedup import AlreadyApplied
 from clm_shared.kafka.consumer import Consumed
 from clm_shared.kafka.producer import RecordPublisher
 from clm_shared.outbox import OutboxRelay, wait_any
-from clm_shared.schemas.touchpoint import Touchpoint, TouchpointRecord
+from clm_shared.schemas.touchpoint import AnyTouchpoint, Touchpoint, TouchpointRecord
 from clm_shared.transactions import transaction
 from stage_engine.batch import BatchState, apply_batch, apply_clock, ids_needed
 from stage_engine.repository import (
@@ -64,13 +65,24 @@ class StageEngine:
         touchpoints = [item.value for item in batch]
         now = self.clock()
         with BATCH_SECONDS.time():
-            async with transaction(self.engine) as db:
-                state = await load_batch(db, ids_needed(touchpoints), [tp.message_id for tp in touchpoints])
-                apply_batch(touchpoints, state, self.rules)
-                await save_batch(db, state, self.rules, self.stage_changes_topic, now)
-                # Forgetting expired messageIds in every batch keeps the table bounded at any input rate.
-                await DEDUP.trim(db, now - self.dedup_window, len(state.new_processed))
+            try:
+                state = await self._apply(touchpoints, now, claim=True)
+            except AlreadyApplied:
+                state = await self._apply(touchpoints, now, claim=False)  # a redelivery: look the ids up
         self._count(state)
+
+    async def _apply(self, touchpoints: list[AnyTouchpoint], now: datetime, *, claim: bool) -> BatchState:
+        """``claim``: bet that no messageId was applied before and write them all first, with no lookup."""
+        message_ids = [tp.message_id for tp in touchpoints]
+        async with transaction(self.engine) as db:
+            if claim:
+                await DEDUP.claim(db, message_ids, now)
+            state = await load_batch(db, ids_needed(touchpoints), message_ids, claimed=claim)
+            apply_batch(touchpoints, state, self.rules)
+            await save_batch(db, state, self.rules, self.stage_changes_topic, now)
+            # Forgetting expired messageIds in every batch keeps the table bounded at any input rate.
+            await DEDUP.trim(db, now - self.dedup_window, len(state.new_processed))
+        return state
 
     async def fire_timers(self) -> int:
         """Apply the engine's clock to every customer whose timer is due; returns how many fired."""

@@ -43,8 +43,11 @@ async def resolve(db: Db, ids: Iterable[str]) -> dict[str, str]:
     return {row[0]: row[1] for row in rows}
 
 
-async def load_batch(db: Db, ids: set[str], message_ids: Sequence[str]) -> BatchState:
-    """Lock and load every customer the ids resolve to, the identities, and which messages are done."""
+async def load_batch(db: Db, ids: set[str], message_ids: Sequence[str], *, claimed: bool = False) -> BatchState:
+    """Lock and load every customer the ids resolve to, the identities, and which messages are done.
+
+    ``claimed``: the caller claimed every message id in this transaction (``Dedup.claim``), so none is done.
+    """
     while True:
         mapping = await resolve(db, ids)
         canonical = {mapping.get(i, i) for i in ids}
@@ -53,7 +56,8 @@ async def load_batch(db: Db, ids: set[str], message_ids: Sequence[str]) -> Batch
         if await resolve(db, ids) == mapping:
             break
     loaded = await load_customers(db, canonical)
-    return BatchState(loaded, mapping, await DEDUP.seen(db, message_ids), loaded=dict(loaded))
+    done = set() if claimed else await DEDUP.seen(db, message_ids)
+    return BatchState(loaded, mapping, done, loaded=dict(loaded), claimed=claimed)
 
 
 async def load_customers(db: Db, ids: Iterable[str]) -> dict[str, CustomerState]:
@@ -108,7 +112,8 @@ async def save_batch(db: Db, state: BatchState, rules: Rules, topic: str, now: d
         )
     # If another engine recorded one of these meanwhile, this fails (an outage-like DuplicateDelivery)
     # and the batch is retried, and then finds it processed.
-    await DEDUP.remember(db, state.new_processed, now)
+    if not state.claimed:
+        await DEDUP.remember(db, state.new_processed, now)
     if state.emitted:
         await db.copy_records_to_table(
             "history", records=[to_history_record(item) for item in state.emitted], columns=HISTORY_COLUMNS
