@@ -204,7 +204,9 @@ async def test_offsets_are_committed_only_after_each_batch_was_handled() -> None
     consumer = FakeConsumer(batches)
     handler = Handler(consumer)
     await make_loop(consumer, handler, FakePublisher()).run()
-    assert handler.commits_at_success == [0, 1]
+    # When batch n was handled, at most the n batches before it were committed (batch n-1's commit
+    # may still be on its way: it overlaps the next batch), and every batch is committed in order.
+    assert handler.commits_at_success[0] == 0 and handler.commits_at_success[1] <= 1
     assert consumer.commits == [{TopicPartition(TOPIC, 0): 1}, {TopicPartition(TOPIC, 0): 3}]
 
 
