@@ -11,6 +11,8 @@ import sqlalchemy.exc
 from aiokafka import ConsumerRecord, TopicPartition
 
 from clm_shared.kafka.consumer import (
+    BATCHED_FETCH,
+    EAGER_FETCH,
     ERROR_HEADER,
     SOURCE_OFFSET_HEADER,
     SOURCE_PARTITION_HEADER,
@@ -18,6 +20,8 @@ from clm_shared.kafka.consumer import (
     Consumed,
     ConsumerConfig,
     ConsumerLoop,
+    Fetch,
+    kafka_consumer,
 )
 from clm_shared.kafka.producer import OutgoingRecord, PublishUnavailable
 from clm_shared.schemas.touchpoint import Touchpoint
@@ -219,3 +223,12 @@ def test_outages_are_told_apart_from_bad_records() -> None:
     assert not is_transient(asyncpg.exceptions.NotNullViolationError("null value"))
     assert not is_transient(ValueError("bad record"))
     assert not is_transient(sqlalchemy.exc.IntegrityError("x", {}, Exception()))
+
+
+async def test_a_subscriber_off_the_latency_path_lets_the_broker_fill_its_fetches() -> None:
+    def built(fetch: Fetch) -> Any:
+        return kafka_consumer(ConsumerConfig("127.0.0.1:1", "g", "c", ("t",), fetch))
+
+    eager, batched = built(EAGER_FETCH), built(BATCHED_FETCH)
+    assert (eager._fetch_min_bytes, eager._fetch_max_wait_ms) == (1, 500)
+    assert (batched._fetch_min_bytes, batched._fetch_max_wait_ms) == (256 * 1024, 100)

@@ -24,6 +24,7 @@ from campaigns.definitions import SHIPPED_DIR, load_folder
 from campaigns.delivery import DeliveryRound, Sender, TimerRound
 from campaigns.guardrails import Guardrails
 from campaigns.unsubscribe import unsubscribe_router
+from clm_shared.kafka.consumer import BATCHED_FETCH
 from clm_shared.outbox import OutboxRelay
 from clm_shared.runtime import ConsumerRuntime, runtime_hooks
 from clm_shared.service import ServiceContext, create_service_app
@@ -78,6 +79,7 @@ def create_app(
             handler=touchpoint_handler(ctx.engine, decisions, window, after_commit=due_sends.set),
             dlq_topic=ctx.topics.touchpoints_dlq,
             max_batch=1000,
+            fetch=BATCHED_FETCH,
         )
         runtime.consume(
             group=LIFECYCLE_GROUP,
@@ -86,6 +88,7 @@ def create_app(
             handler=lifecycle_handler(ctx.engine, decisions, window, after_commit=due_sends.set),
             dlq_topic=ctx.topics.stage_changes_dlq,
             max_batch=1000,
+            fetch=BATCHED_FETCH,
         )
         runtime.every("campaign timers", tick, TimerRound(ctx.engine, decisions, wake=due_sends.set))
         delivery = DeliveryRound(

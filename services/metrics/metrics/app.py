@@ -12,6 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from prometheus_client import Gauge
 
+from clm_shared.kafka.consumer import BATCHED_FETCH
 from clm_shared.runtime import ConsumerRuntime, runtime_hooks
 from clm_shared.service import ServiceContext, create_service_app
 from clm_shared.settings import Settings, get_settings
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             handler=touchpoint_handler(ctx.engine, clock, window),
             dlq_topic=ctx.topics.touchpoints_dlq,
             max_batch=2000,
+            fetch=BATCHED_FETCH,
         )
         runtime.consume(
             group=LIFECYCLE_GROUP,
@@ -61,6 +63,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             handler=lifecycle_handler(ctx.engine, clock, window),
             dlq_topic=ctx.topics.stage_changes_dlq,
             max_batch=2000,
+            fetch=BATCHED_FETCH,
         )
 
         async def update_gauges() -> bool:
