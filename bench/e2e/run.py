@@ -55,7 +55,7 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "60"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "8"))
 RATE = int(os.environ.get("BENCH_RATE", "2000"))
 LATENCY_SECONDS = int(os.environ.get("BENCH_LATENCY_SECONDS", "30"))
-ENGINE_WORKERS = int(os.environ.get("BENCH_ENGINE_WORKERS", "1"))
+ENGINE_WORKERS = int(os.environ.get("BENCH_ENGINE_WORKERS", "2"))
 INGEST_WORKERS = int(os.environ.get("BENCH_INGEST_WORKERS", "1"))
 # Instances of metrics and of campaigns (each one process on a port of its own, in the same groups).
 SUBSCRIBER_INSTANCES = int(os.environ.get("BENCH_SUBSCRIBER_INSTANCES", "1"))
