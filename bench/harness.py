@@ -67,6 +67,28 @@ async def end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[TopicPartit
         await consumer.stop()
 
 
+async def wait_group_stable(bootstrap: str, group: str, members: int, timeout_s: float = 120.0) -> None:
+    """Until the group has all its members and no rebalance pending: a member that joins later stops
+    the whole group for seconds, which would be counted as the platform's latency."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    began = time.monotonic()
+    try:
+        while True:
+            try:
+                described = (await admin.describe_consumer_groups([group]))[0].groups[0]
+                state, joined = described[2], len(described[5])
+            except Exception:  # the group's coordinator is not there yet
+                state, joined = "", 0
+            if state == "Stable" and joined >= members:
+                return
+            if time.monotonic() - began > timeout_s:
+                raise SystemExit(f"{group} did not settle with {members} members within {timeout_s:.0f}s")
+            await asyncio.sleep(0.25)
+    finally:
+        await admin.close()
+
+
 async def wait_consumed(
     bootstrap: str, groups: dict[str, list[str]], ends: dict[TopicPartition, int], timeout_s: float
 ) -> dict[str, float]:

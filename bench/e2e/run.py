@@ -35,7 +35,16 @@ from typing import Any
 from aiokafka import TopicPartition
 from sqlalchemy import text
 
-from bench.harness import CpuShares, end_offsets, ingest_key, scratch_infra, wait_consumed, wait_ready, write_results
+from bench.harness import (
+    CpuShares,
+    end_offsets,
+    ingest_key,
+    scratch_infra,
+    wait_consumed,
+    wait_group_stable,
+    wait_ready,
+    write_results,
+)
 from bench.ingest.run import ensure_tools
 from bench.latency import latency_run, print_latency
 from campaigns.consumers import LIFECYCLE_GROUP as CAMPAIGNS_LIFECYCLE
@@ -189,6 +198,7 @@ def main() -> None:
         try:
             for port in ports.values():
                 wait_ready(f"http://127.0.0.1:{port}")
+            asyncio.run(wait_group_stable(kafka.bootstrap, ENGINE_GROUP, ENGINE_WORKERS))
             ingest = f"http://127.0.0.1:{ports['ingest']}"
             script = lua_script(infra.scratch / "journey.lua", key)
             # Steady state first: the platform at 2,000 events/s with nothing else to do, as it runs
