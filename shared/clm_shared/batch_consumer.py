@@ -24,7 +24,7 @@ from typing import Generic, TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clm_shared.cloudevents import Envelope
-from clm_shared.dedup import AlreadyApplied, Dedup
+from clm_shared.dedup import Dedup, claim_first
 from clm_shared.kafka.consumer import Consumed
 from clm_shared.sequences import SequenceCheck
 from clm_shared.transactions import Db, transaction
@@ -52,10 +52,10 @@ class TransactionalHandler(Generic[T]):
 
     async def __call__(self, batch: Sequence[Consumed[T]]) -> None:
         now = self.clock()
-        try:
-            fresh = await (self._careful(batch, now) if self.remember_returned else self._claimed(batch, now))
-        except AlreadyApplied:
-            fresh = await self._careful(batch, now)  # a redelivery
+        if self.remember_returned:
+            fresh = await self._careful(batch, now)
+        else:
+            fresh = await claim_first(lambda claim: self._claimed(batch, now) if claim else self._careful(batch, now))
         if fresh and self.after_commit is not None:
             self.after_commit()
 

@@ -6,9 +6,10 @@ expired ids than it remembers, so the table stays bounded at any input rate.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 import asyncpg
 from prometheus_client import Counter
@@ -31,6 +32,18 @@ class AlreadyApplied(TransientError):
     """
 
 
+R = TypeVar("R")
+
+
+async def claim_first(attempt: Callable[[bool], Awaitable[R]]) -> R:
+    """``attempt(True)``: a transaction that begins with ``Dedup.claim``. After an ``AlreadyApplied``
+    (a redelivery), ``attempt(False)``: the same batch the careful way (``seen``, then ``remember``)."""
+    try:
+        return await attempt(True)
+    except AlreadyApplied:
+        return await attempt(False)
+
+
 @dataclass(frozen=True)
 class Dedup:
     """One dedup table; ``trim_per_id`` expired ids are forgotten per id remembered (at least ``trim_min``)."""
@@ -50,12 +63,20 @@ class Dedup:
     async def claim(self, db: Db, ids: Iterable[str], at: datetime) -> None:
         """Remember every id at once, first thing in the batch's transaction, on the bet that none was
         applied before (a redelivery is rare): no lookup. Raises ``AlreadyApplied`` if one was; the
-        transaction is then aborted.
-
-        Written in sorted order: two consumers claiming overlapping ids wait for each other, never
-        deadlock. One that waited on the other's id finds it applied once the other commits.
+        transaction is then aborted. One that waited on another consumer's id finds it applied once
+        that one commits.
         """
-        ordered = sorted(set(ids))
+        await self._write(db, set(ids), at, AlreadyApplied("an id of this batch was applied before"))
+
+    async def remember(self, db: Db, ids: Sequence[str], at: datetime) -> None:
+        """Record ids as applied; if another consumer recorded one meanwhile, the transaction must retry."""
+        await self._write(db, ids, at, DuplicateDelivery("an id of this batch was applied meanwhile"))
+
+    async def _write(self, db: Db, ids: Iterable[str], at: datetime, taken: TransientError) -> None:
+        """No ON CONFLICT: a concurrent writer of the same id must fail this batch (``taken``), not
+        double-apply it. Sorted, so two consumers writing overlapping ids wait for each other and
+        never deadlock."""
+        ordered = sorted(ids)
         if not ordered:
             return
         try:
@@ -63,19 +84,7 @@ class Dedup:
                 self.table, records=[(i, at) for i in ordered], columns=["message_id", "processed_at"]
             )
         except asyncpg.exceptions.UniqueViolationError as exc:
-            raise AlreadyApplied("an id of this batch was applied before") from exc
-
-    async def remember(self, db: Db, ids: Sequence[str], at: datetime) -> None:
-        """Record ids as applied; if another consumer recorded one meanwhile, the transaction must retry."""
-        if not ids:
-            return
-        try:
-            # No ON CONFLICT: a concurrent writer of the same id must fail this batch, not double-apply it.
-            await db.copy_records_to_table(
-                self.table, records=[(i, at) for i in ids], columns=["message_id", "processed_at"]
-            )
-        except asyncpg.exceptions.UniqueViolationError as exc:
-            raise DuplicateDelivery(f"an id of this batch was applied meanwhile: {exc}") from exc
+            raise taken from exc
 
     async def forget_before(self, db: Db, cutoff: datetime, limit: int) -> int:
         """Forget up to ``limit`` ids applied before ``cutoff``; rows another transaction trims are skipped."""

@@ -16,7 +16,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clm_shared.dedup import AlreadyApplied
+from clm_shared.dedup import claim_first
 from clm_shared.kafka.consumer import Consumed
 from clm_shared.kafka.producer import RecordPublisher
 from clm_shared.outbox import OutboxRelay, wait_any
@@ -65,10 +65,7 @@ class StageEngine:
         touchpoints = [item.value for item in batch]
         now = self.clock()
         with BATCH_SECONDS.time():
-            try:
-                state = await self._apply(touchpoints, now, claim=True)
-            except AlreadyApplied:
-                state = await self._apply(touchpoints, now, claim=False)  # a redelivery: look the ids up
+            state = await claim_first(lambda claim: self._apply(touchpoints, now, claim=claim))
         self._count(state)
 
     async def _apply(self, touchpoints: list[AnyTouchpoint], now: datetime, *, claim: bool) -> BatchState:
