@@ -23,6 +23,9 @@ _TRANSIENT = (
     TimeoutError,
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.InterfaceError,
+    # A connection cut mid-statement (a restart during a COPY) leaves asyncpg's protocol mid-operation,
+    # and the rollback then fails with this: the connection is dropped (``transaction``), a retry gets another.
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.CannotConnectNowError,

@@ -181,6 +181,7 @@ async def test_a_record_that_keeps_failing_is_isolated_and_only_it_is_dead_lette
         asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
         sqlalchemy.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError()),
         ConnectionResetError("connection reset"),
+        asyncpg.exceptions.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
         OSError("network unreachable"),
         PublishUnavailable("broker away"),
         TransientError("a concurrent writer won"),
