@@ -65,6 +65,7 @@ CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "8"))
 RATE = int(os.environ.get("BENCH_RATE", "2000"))
 LATENCY_SECONDS = int(os.environ.get("BENCH_LATENCY_SECONDS", "30"))
 ENGINE_WORKERS = int(os.environ.get("BENCH_ENGINE_WORKERS", "2"))
+METRICS_WORKERS = int(os.environ.get("BENCH_METRICS_WORKERS", "2"))
 INGEST_WORKERS = int(os.environ.get("BENCH_INGEST_WORKERS", "1"))
 # Instances of metrics and of campaigns (each one process on a port of its own, in the same groups).
 SUBSCRIBER_INSTANCES = int(os.environ.get("BENCH_SUBSCRIBER_INSTANCES", "1"))
@@ -177,6 +178,7 @@ def main() -> None:
             "CLM_LOG_LEVEL": "WARNING",
             "CLM_KAFKA_PARTITIONS": str(PARTITIONS),
             "CLM_STAGE_ENGINE_WORKERS": str(ENGINE_WORKERS),
+            "CLM_METRICS_WORKERS": str(METRICS_WORKERS),
             "CLM_INGEST_WORKERS": str(INGEST_WORKERS),
             "CLM_SMTP_PORT": str(free_port()),
             **{f"CLM_{name.upper().replace('-', '_')}_PORT": str(port) for name, port in ports.items()},
@@ -199,6 +201,7 @@ def main() -> None:
             for port in ports.values():
                 wait_ready(f"http://127.0.0.1:{port}")
             asyncio.run(wait_group_stable(kafka.bootstrap, ENGINE_GROUP, ENGINE_WORKERS))
+            asyncio.run(wait_group_stable(kafka.bootstrap, METRICS_TOUCHPOINTS, METRICS_WORKERS * SUBSCRIBER_INSTANCES))
             ingest = f"http://127.0.0.1:{ports['ingest']}"
             script = lua_script(infra.scratch / "journey.lua", key)
             # Steady state first: the platform at 2,000 events/s with nothing else to do, as it runs
@@ -255,6 +258,7 @@ def main() -> None:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "partitions": PARTITIONS,
         "engine_workers": ENGINE_WORKERS,
+        "metrics_workers": METRICS_WORKERS,
         "ingest_workers": INGEST_WORKERS,
         "subscriber_instances": SUBSCRIBER_INSTANCES,
         "connections": CONNECTIONS,
@@ -278,6 +282,7 @@ def main() -> None:
     }
     print(
         f"end-to-end benchmark ({PARTITIONS} partitions, engine {ENGINE_WORKERS} process(es), ingest {INGEST_WORKERS},"
+        f" metrics {METRICS_WORKERS},"
         f" metrics and campaigns {SUBSCRIBER_INSTANCES} instance(s) each)"
     )
     print(

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     stage_engine_timer_interval_s: float = Field(
         1.0, gt=0, le=3600, description="How often the stage engine looks for due inactivity timers."
     )
+    metrics_workers: int = Field(
+        1, ge=1, le=64, description="Metrics processes in one metrics service; they share its consumer groups."
+    )
     metrics_dedup_days: float = Field(
         30, gt=0, le=3650, description="How long the metrics service remembers an event id to drop duplicates."
     )

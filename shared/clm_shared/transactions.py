@@ -35,3 +35,29 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[Db]:
             # next to a failed batch.
             await conn.invalidate()
             raise
+
+
+@asynccontextmanager
+async def exclusive(engine: AsyncEngine, name: str) -> AsyncIterator[bool]:
+    """True to the one holder of ``name`` across every process on the database, False to the others.
+
+    For periodic work that several workers or instances of a service would otherwise each do (a
+    model refit): a session advisory lock on a connection of its own, outside any transaction, so
+    the work in between may take seconds without holding a transaction open. The lock goes with
+    the connection if the process dies.
+    """
+    async with engine.connect() as conn:
+        db: Db = (await conn.get_raw_connection()).driver_connection
+        key = "SELECT hashtextextended(current_schema() || ':' || $1, 0)"
+        held = bool(await db.fetchval(f"SELECT pg_try_advisory_lock(({key}))", name))
+        try:
+            yield held
+        finally:
+            if held:
+                try:
+                    await db.execute(f"SELECT pg_advisory_unlock(({key}))", name)
+                except BaseException as exc:
+                    # Closing the session releases it too (and a session that died has released it).
+                    await conn.invalidate()
+                    if not isinstance(exc, Exception):
+                        raise

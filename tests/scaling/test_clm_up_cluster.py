@@ -3,7 +3,9 @@
 The cluster starts on free ports (``CLM_KAFKA_BOOTSTRAP`` of one loopback address is where a local
 cluster starts), with small heaps; PostgreSQL is the session's. Events posted through ingest reach
 the stage engine, whose stage change is on its topic; the topics have 3 replicas and
-``min.insync.replicas`` 2; `clm down` stops the services and the three nodes.
+``min.insync.replicas`` 2; `clm down` stops the services and the three nodes. Metrics runs two
+worker processes (``CLM_METRICS_WORKERS``): its Prometheus page adds up both workers' records and
+shows one value of each gauge.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from tests.utils.kafka import read_records
 from tests.waiting import wait_for
 
 BROKERS = 3
+COUNTED = ("clm_consumer_records_total{", "clm_metrics_customers_by_stage{")
 HEAP_MB = 128  # each node's (the least the setting allows): three of them and four services fit in about 1.5 GB
 
 
@@ -53,6 +56,7 @@ def cluster_env(database_url: str, namespace: str, data_dir: Path, kafka_port: i
         "CLM_DATA_DIR": str(data_dir),
         "CLM_CACHE_DIR": str(ROOT / ".cache"),
         "CLM_SMTP_PORT": str(free_port()),
+        "CLM_METRICS_WORKERS": "2",
     }
     env.pop("CLM_KAFKA_REPLICATION_FACTOR", None)  # the launcher's choice for its cluster: 3
     env.update({f"CLM_{name.replace('-', '_').upper()}_PORT": str(free_port()) for name in SERVICES})
@@ -129,6 +133,25 @@ async def test_clm_up_with_three_brokers_serves_events_and_clm_down_stops_it(
             (EventType.STAGE_CHANGED, "ada", "discovery"),
             (EventType.STAGE_CHANGED, "ada", "engagement"),
         ]
+        exported: list[str] = []
+
+        async def metrics_counted() -> bool:
+            page = await client.get(f"http://127.0.0.1:{port_of(env, 'metrics')}/metrics")
+            exported[:] = [line for line in page.text.splitlines() if line.startswith(COUNTED)]
+            return sorted(exported) == sorted(
+                [
+                    f'clm_consumer_records_total{{group="{namespace}metrics",topic="{topics.touchpoints}"}} 2.0',
+                    f'clm_consumer_records_total{{group="{namespace}metrics-lifecycle",topic="{topics.stage_changes}"}}'
+                    " 2.0",
+                    'clm_metrics_customers_by_stage{stage="engagement"} 1.0',  # stages with customers only
+                ]
+            )
+
+        try:  # the gauges refresh every 15 s
+            await wait_for(metrics_counted, timeout_s=60, what="both metrics workers' figures on one page")
+        except BaseException:
+            print("exported:", exported)
+            raise
 
         down = clm(env, "down")
         stopped = True

@@ -16,7 +16,7 @@ from clm_shared.kafka.consumer import BATCHED_FETCH
 from clm_shared.runtime import ConsumerRuntime, runtime_hooks
 from clm_shared.service import ServiceContext, create_service_app
 from clm_shared.settings import Settings, get_settings
-from clm_shared.transactions import transaction
+from clm_shared.transactions import exclusive, transaction
 from metrics import queries
 from metrics.api import router
 from metrics.clv import fit_clv
@@ -34,8 +34,16 @@ from metrics.dashboard.routes import dashboard_router
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-CUSTOMERS_BY_STAGE = Gauge("clm_metrics_customers_by_stage", "Customers per current lifecycle stage.", ["stage"])
-CUSTOMERS_BY_HEALTH = Gauge("clm_metrics_customers_by_health", "Customers per current health.", ["health"])
+# Every worker sets them from the same tables: with several (CLM_METRICS_WORKERS) the newest value counts.
+CUSTOMERS_BY_STAGE = Gauge(
+    "clm_metrics_customers_by_stage",
+    "Customers per current lifecycle stage.",
+    ["stage"],
+    multiprocess_mode="mostrecent",
+)
+CUSTOMERS_BY_HEALTH = Gauge(
+    "clm_metrics_customers_by_health", "Customers per current health.", ["health"], multiprocess_mode="mostrecent"
+)
 
 
 def system_clock() -> datetime:
@@ -45,6 +53,7 @@ def system_clock() -> datetime:
 def create_app(settings: Settings | None = None, *, clock: Clock = system_clock) -> FastAPI:
     settings = settings or get_settings()
     window = timedelta(days=settings.metrics_dedup_days)
+    refit_interval = timedelta(seconds=settings.metrics_clv_refit_interval_s)
 
     async def setup(ctx: ServiceContext, runtime: ConsumerRuntime) -> None:
         runtime.consume(
@@ -78,13 +87,23 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         runtime.every("customer gauges", 15.0, update_gauges)
 
         async def refit_clv() -> bool:
-            """Off the request path and off this process: a fit of 100,000 customers takes seconds of CPU."""
-            now = clock()
-            async with transaction(ctx.engine) as db:
-                orders = await queries.load_orders(db)
-            fit = await asyncio.get_running_loop().run_in_executor(fitter(), partial(fit_clv, orders, now=now))
-            async with transaction(ctx.engine) as db:
-                await queries.save_clv_fit(db, fit, now)
+            """Off the request path and off this process: a fit of 100,000 customers takes seconds of CPU.
+
+            One worker or instance fits at a time, and a fit younger than half the interval (another
+            one's) is not repeated.
+            """
+            async with exclusive(ctx.engine, "clv refit") as mine:
+                if not mine:
+                    return False
+                now = clock()
+                async with transaction(ctx.engine) as db:
+                    latest = await queries.latest_clv_fit(db)
+                    if latest is not None and now - latest["fitted_at"] < refit_interval / 2:
+                        return False
+                    orders = await queries.load_orders(db)
+                fit = await asyncio.get_running_loop().run_in_executor(fitter(), partial(fit_clv, orders, now=now))
+                async with transaction(ctx.engine) as db:
+                    await queries.save_clv_fit(db, fit, now)
             return False
 
         runtime.every("clv refit", settings.metrics_clv_refit_interval_s, refit_clv)
