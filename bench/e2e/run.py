@@ -16,7 +16,8 @@ ingest, the stage engine, metrics and campaigns (with the local mail sink) as `c
    the burst: autovacuum, the campaigns' retry rounds for the backlog).
 
 The CPU share of every kind of process is printed for every phase. Results go to bench/results/.
-Run by `make bench` (`python -m bench.e2e.run`).
+Run by `make bench` (`python -m bench.e2e.run`). The engine and metrics run 2 processes each
+(BENCH_ENGINE_WORKERS, BENCH_METRICS_WORKERS), the rest one.
 """
 
 from __future__ import annotations
@@ -282,8 +283,7 @@ def main() -> None:
     }
     print(
         f"end-to-end benchmark ({PARTITIONS} partitions, engine {ENGINE_WORKERS} process(es), ingest {INGEST_WORKERS},"
-        f" metrics {METRICS_WORKERS},"
-        f" metrics and campaigns {SUBSCRIBER_INSTANCES} instance(s) each)"
+        f" metrics {METRICS_WORKERS}; metrics and campaigns {SUBSCRIBER_INSTANCES} instance(s) each)"
     )
     print(
         f"  ingest          : {acked:,} events acknowledged in {load_s:.1f} s = {acked / load_s:,.0f} events/s"
