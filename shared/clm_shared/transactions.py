@@ -49,7 +49,11 @@ async def exclusive(engine: AsyncEngine, name: str) -> AsyncIterator[bool]:
     async with engine.connect() as conn:
         db: Db = (await conn.get_raw_connection()).driver_connection
         key = "SELECT hashtextextended(current_schema() || ':' || $1, 0)"
-        held = bool(await db.fetchval(f"SELECT pg_try_advisory_lock(({key}))", name))
+        try:
+            held = bool(await db.fetchval(f"SELECT pg_try_advisory_lock(({key}))", name))
+        except BaseException:
+            await conn.invalidate()  # the server may have granted it: never back into the pool so
+            raise
         try:
             yield held
         finally:

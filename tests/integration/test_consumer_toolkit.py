@@ -292,25 +292,29 @@ async def test_a_due_timer_is_claimed_by_one_of_two_claimers_only(engine: AsyncE
         assert await timers.claim_due(db, T0 + timedelta(days=2), 100) == ["later"]
 
 
+# The session holding ``exclusive(engine, "refit")``'s lock (a bigint key: its high and low halves).
+REFIT_HOLDER = (
+    "WITH k AS (SELECT hashtextextended(current_schema() || ':refit', 0) AS key)"
+    " SELECT a.pid, a.state FROM pg_locks l JOIN pg_stat_activity a USING (pid), k"
+    " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.database = a.datid"
+    " AND l.classid::bigint = (k.key >> 32) & 4294967295 AND l.objid::bigint = k.key & 4294967295"
+)
+
+
 async def test_exclusive_work_has_one_holder_until_it_ends_or_its_session_dies(engine: AsyncEngine) -> None:
     async with exclusive(engine, "refit") as first:
         async with exclusive(engine, "refit") as second, exclusive(engine, "another job") as other:
             assert (first, second, other) == (True, False, True)
         async with transaction(engine) as db:  # the lock is a session's: no transaction is held open
-            sql = "SELECT state FROM pg_stat_activity WHERE query LIKE 'SELECT pg_try_advisory_lock%'"
-            assert {row["state"] for row in await db.fetch(sql)} == {"idle"}
+            assert [row["state"] for row in await db.fetch(REFIT_HOLDER)] == ["idle"]
     async with exclusive(engine, "refit") as again:
         assert again
 
     async with exclusive(engine, "refit") as held:
         assert held
         async with transaction(engine) as db:  # the holder's session dies: its lock goes with it
-            await db.execute(
-                "WITH k AS (SELECT hashtextextended(current_schema() || ':refit', 0) AS key)"
-                " SELECT pg_terminate_backend(l.pid) FROM pg_locks l, k WHERE l.locktype = 'advisory' AND l.granted"
-                " AND l.objsubid = 1 AND l.classid::bigint = (k.key >> 32) & 4294967295"
-                " AND l.objid::bigint = k.key & 4294967295"
-            )
+            (holder,) = await db.fetch(REFIT_HOLDER)
+            assert await db.fetchval("SELECT pg_terminate_backend($1)", holder["pid"])
 
     async def free_again() -> bool:
         async with exclusive(engine, "refit") as after:

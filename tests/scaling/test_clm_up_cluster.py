@@ -28,17 +28,16 @@ import pytest
 from clm_cli.infra.process import free_port, free_ports, port_in_use
 from clm_cli.stack import SERVICES
 from clm_shared.cloudevents import decode
-from clm_shared.schemas.lifecycle import EventType
+from clm_shared.schemas.lifecycle import STAGE_ORDER, EventType
 from clm_shared.topics import Topics
 from tests.conftest import drop_schemas
 from tests.infra import ROOT
-from tests.scaling.platform import topic_settings
+from tests.scaling.platform import group_assignments, topic_settings
 from tests.secret_watch import read_log, remember_secret, watch_output
 from tests.utils.kafka import read_records
 from tests.waiting import wait_for
 
 BROKERS = 3
-COUNTED = ("clm_consumer_records_total{", "clm_metrics_customers_by_stage{")
 HEAP_MB = 128  # each node's (the least the setting allows): three of them and four services fit in about 1.5 GB
 
 
@@ -133,24 +132,49 @@ async def test_clm_up_with_three_brokers_serves_events_and_clm_down_stops_it(
             (EventType.STAGE_CHANGED, "ada", "discovery"),
             (EventType.STAGE_CHANGED, "ada", "engagement"),
         ]
+        # More customers, spread over the partitions: both metrics workers hold some of each group's.
+        others = [f"u{n}" for n in range(8)]
+        answer = await client.post(
+            f"http://127.0.0.1:{port_of(env, 'ingest')}/v1/batch",
+            content=orjson.dumps(
+                {
+                    "batch": [
+                        {**event, "userId": user, "messageId": f"{user}-{event['messageId']}"}
+                        for user in others
+                        for event in events
+                    ]
+                }
+            ),
+            auth=(key, ""),
+        )
+        assert answer.status_code == 200
+        touchpoints = 2 * (1 + len(others))
+        expected = [
+            f'clm_consumer_records_total{{group="{namespace}metrics",topic="{topics.touchpoints}"}} {touchpoints}.0',
+            f'clm_consumer_records_total{{group="{namespace}metrics-lifecycle",topic="{topics.stage_changes}"}}'
+            f" {touchpoints}.0",  # two stage changes per customer
+            *(
+                f'clm_metrics_customers_by_stage{{stage="{stage}"}} {1 + len(others) if stage == "engagement" else 0}.0'
+                for stage in STAGE_ORDER
+            ),
+        ]
         exported: list[str] = []
+        members: dict[str, list[int]] = {}
 
         async def metrics_counted() -> bool:
+            for group in ("metrics", "metrics-lifecycle"):
+                members[group] = [len(held) for held in await group_assignments(bootstrap, namespace + group)]
             page = await client.get(f"http://127.0.0.1:{port_of(env, 'metrics')}/metrics")
-            exported[:] = [line for line in page.text.splitlines() if line.startswith(COUNTED)]
-            return sorted(exported) == sorted(
-                [
-                    f'clm_consumer_records_total{{group="{namespace}metrics",topic="{topics.touchpoints}"}} 2.0',
-                    f'clm_consumer_records_total{{group="{namespace}metrics-lifecycle",topic="{topics.stage_changes}"}}'
-                    " 2.0",
-                    'clm_metrics_customers_by_stage{stage="engagement"} 1.0',  # stages with customers only
-                ]
-            )
+            # One line per series (a gauge kept per worker would carry a pid label and not be found).
+            series = {line.rsplit(" ", 1)[0] for line in expected}
+            exported[:] = [line for line in page.text.splitlines() if line.rsplit(" ", 1)[0] in series]
+            both = all(len(held) == 2 and all(held) for held in members.values())
+            return both and sorted(exported) == sorted(expected)
 
         try:  # the gauges refresh every 15 s
             await wait_for(metrics_counted, timeout_s=60, what="both metrics workers' figures on one page")
         except BaseException:
-            print("exported:", exported)
+            print("exported:", exported, "partitions held by each member:", members)
             raise
 
         down = clm(env, "down")

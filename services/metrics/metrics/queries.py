@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from clm_shared.schemas.lifecycle import STAGE_ORDER
+from clm_shared.schemas.lifecycle import STAGE_ORDER, Health
 from clm_shared.transactions import Db
 from metrics import formulas
 from metrics.clv import ClvFit, InsufficientData, histogram
@@ -358,7 +358,7 @@ async def cohorts(db: Db, first: date, last: date) -> list[tuple[str, int, list[
 
 
 async def current_stage_and_health(db: Db) -> tuple[dict[str, int], dict[str, int]]:
-    """Customers per current stage and per current health, for Prometheus."""
+    """Customers per current stage and per current health (every one of each), for Prometheus."""
     order = [s.value for s in STAGE_ORDER]
     stage_rows = await db.fetch(
         """
@@ -376,8 +376,9 @@ async def current_stage_and_health(db: Db) -> tuple[dict[str, int], dict[str, in
         ) latest GROUP BY health
         """
     )
-    stages = {row[0]: row[1] for row in stage_rows}
-    health = {row[0]: row[1] for row in health_rows}
+    # Every stage and health, 0 when nobody is in it: a gauge left out would keep its last count.
+    stages = {stage.value: 0 for stage in STAGE_ORDER} | {row[0]: row[1] for row in stage_rows}
+    health = {state.value: 0 for state in Health} | {row[0]: row[1] for row in health_rows}
     health["active"] = health.get("active", 0) + sum(stages.values()) - sum(health.values())
     return stages, health
 
