@@ -8,8 +8,8 @@ from typing import Any
 from campaigns.channels.email import EmailChannel
 from campaigns.channels.webhook import WebhookChannel
 from campaigns.delivery import Job
+from campaigns.render_process import RENDERER
 from campaigns.signing import Signer, unsubscribe_url
-from campaigns.templates import render_email
 from clm_shared.settings import Settings
 from clm_shared.transactions import Db
 
@@ -94,7 +94,7 @@ class ChannelSender:
             return
         template = job.step.template_for(job.variant)
         assert template is not None and job.profile.email is not None
-        rendered = render_email(template, context)
+        rendered = await RENDERER.render_email(template, context)
         await self.email.send(
             job.profile.email, rendered, message_id=delivery_id, unsubscribe_url=context["unsubscribe_url"]
         )

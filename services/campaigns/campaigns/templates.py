@@ -35,6 +35,7 @@ class TemplateError(ValueError):
     def __init__(self, part: Part, detail: str) -> None:
         super().__init__(f"{part}: {detail}")
         self.part = part
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,21 @@ def check_template(template: EmailTemplate) -> None:
 
 
 def render_email(template: EmailTemplate, context: dict[str, Any]) -> RenderedEmail:
-    """Subject and text verbatim (subject on one line: no header injection), html autoescaped."""
-    rendered = {part: _render(part, getattr(template, part), context) for part in PARTS}
+    """Subject and text verbatim (subject on one line: no header injection), html autoescaped.
+
+    In this process, with no limit on memory or time: the delivery code renders through
+    ``campaigns.render_process``, which runs ``render_part`` in a child with both.
+    """
+    return assemble({part: render_part(part, getattr(template, part), context) for part in PARTS})
+
+
+def assemble(rendered: dict[Part, str]) -> RenderedEmail:
+    """The email of rendered parts: the subject on one line (no header injection)."""
     subject = _HEADER_UNSAFE.sub(" ", rendered["subject"]).strip()
     return RenderedEmail(subject=subject, html=rendered["html"], text=rendered["text"])
 
 
-def _render(part: Part, source: str, context: dict[str, Any]) -> str:
+def render_part(part: Part, source: str, context: dict[str, Any]) -> str:
     template = _compiled(part, source)
     try:
         return template.render(context)
@@ -75,6 +84,10 @@ def _render(part: Part, source: str, context: dict[str, Any]) -> str:
         raise TemplateError(part, _redacted(f"{type(exc).__name__}: {exc.message or ''}")) from None
     except (ArithmeticError, TypeError, ValueError, LookupError) as exc:
         raise TemplateError(part, _redacted(f"{type(exc).__name__}: {exc}")) from None
+    except MemoryError:  # past the render process's limit
+        raise TemplateError(part, "MemoryError: the template needs too much memory") from None
+    except RecursionError:  # a macro calling itself without end
+        raise TemplateError(part, "RecursionError: the template recurses too deeply") from None
 
 
 def _redacted(message: str) -> str:
