@@ -21,8 +21,19 @@ from campaigns.definitions import EmailTemplate
 Part = Literal["subject", "html", "text"]
 PARTS: tuple[Part, ...] = ("subject", "html", "text")
 
-_HTML_ENV = ImmutableSandboxedEnvironment(autoescape=True, undefined=jinja2.ChainableUndefined)
-_PLAIN_ENV = ImmutableSandboxedEnvironment(autoescape=False, undefined=jinja2.ChainableUndefined)
+
+@jinja2.pass_context
+def _at_render_time(context: jinja2.runtime.Context, value: Any) -> Any:
+    """Identity; taking the context keeps Jinja from computing constant output while compiling."""
+    return value
+
+
+# Nothing is computed while a template compiles (no optimizer, a finalize that needs the render's
+# context): a template is compiled, to be checked, in the service's own process when it is saved,
+# and `{{ 'x' * 10**9 }}` must cost its memory only when rendered, in the render process.
+_OPTIONS: dict[str, Any] = {"undefined": jinja2.ChainableUndefined, "optimized": False, "finalize": _at_render_time}
+_HTML_ENV = ImmutableSandboxedEnvironment(autoescape=True, **_OPTIONS)
+_PLAIN_ENV = ImmutableSandboxedEnvironment(autoescape=False, **_OPTIONS)
 # Line breaks and other control characters: in a header they could start a new one or break the message.
 _HEADER_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]+")
 # Error texts may quote context values; addresses are cut out so they cannot reach a log line.
@@ -50,7 +61,12 @@ def _compiled(part: Part, source: str) -> jinja2.Template:
     # Keyed by source, so a campaign edited through the API compiles anew while unchanged ones hit.
     env = _HTML_ENV if part == "html" else _PLAIN_ENV
     try:
-        return env.from_string(source)
+        tree = env.parse(source)
+        for node in tree.find_all((jinja2.nodes.EvalContextModifier, jinja2.nodes.ScopedEvalContextModifier)):
+            # the compiler evaluates `{% autoescape <expression> %}`: only a literal is taken
+            if not all(isinstance(option.value, jinja2.nodes.Const) for option in node.options):
+                raise jinja2.TemplateSyntaxError("autoescape takes true or false", node.lineno)
+        return env.from_string(tree)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(part, f"line {exc.lineno}: {_redacted(exc.message or 'syntax error')}") from None
 
@@ -77,9 +93,8 @@ def assemble(rendered: dict[Part, str]) -> RenderedEmail:
 
 
 def render_part(part: Part, source: str, context: dict[str, Any]) -> str:
-    template = _compiled(part, source)
     try:
-        return template.render(context)
+        return _compiled(part, source).render(context)
     except jinja2.TemplateError as exc:  # undefined call, sandbox refusal
         raise TemplateError(part, _redacted(f"{type(exc).__name__}: {exc.message or ''}")) from None
     except (ArithmeticError, TypeError, ValueError, LookupError) as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
@@ -50,12 +52,34 @@ async def test_a_template_that_needs_too_much_memory_fails_and_the_next_email_re
     assert (await renderer.render_email(template(), context(first_name="Ada"))).subject == "Hi Ada"
 
 
-async def test_a_template_that_takes_too_long_fails_and_the_next_email_renders(renderer: RenderProcess) -> None:
-    endless = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+async def test_a_template_that_takes_too_long_fails_then_fails_at_once_and_the_next_email_renders(
+    renderer: RenderProcess,
+) -> None:
+    endless = template(text="{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
     with pytest.raises(TemplateError) as raised:
-        await renderer.render_email(template(text=endless), context())
-    assert (raised.value.part, raised.value.detail) == ("text", "took longer than 3 s to render")
+        await renderer.render_email(endless, context())
+    assert (raised.value.part, raised.value.detail) == ("text", "over the limit: takes longer than 3 s")
     assert (await renderer.render_email(template(), context(first_name="Ada"))).subject == "Hi Ada"
+    child = renderer._process
+    with pytest.raises(TemplateError) as again:  # known: refused without rendering it again
+        await renderer.render_email(endless, context(first_name="Bo"))
+    assert again.value.detail == raised.value.detail and renderer._process is child
+
+
+async def test_a_part_larger_than_any_email_is_refused(renderer: RenderProcess) -> None:
+    with pytest.raises(TemplateError) as raised:
+        await renderer.render_email(template(html="{{ 'x' * (3 * 1024 * 1024) }}"), context())
+    assert (raised.value.part, raised.value.detail) == ("html", "over the limit: renders more than 2 MiB")
+
+
+async def test_the_child_outlives_a_signal_to_its_process_group(renderer: RenderProcess) -> None:
+    await renderer.render_email(template(), context(first_name="Ada"))
+    child = renderer._process
+    assert child is not None and child.pid is not None
+    os.kill(child.pid, signal.SIGTERM)  # what `clm down` sends the whole group; the parent ends it
+    os.kill(child.pid, signal.SIGINT)
+    assert (await renderer.render_email(template(), context(first_name="Bo"))).subject == "Hi Bo"
+    assert renderer._process is child and child.is_alive()
 
 
 async def test_endless_recursion_is_a_template_error(renderer: RenderProcess) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -102,3 +103,22 @@ def test_an_arithmetic_error_is_a_template_error() -> None:
 def test_internals_are_not_reachable() -> None:
     rendered = render_email(template(text="{{ ''.__class__.__mro__ }}{{ customer.__class__ }}"), context())
     assert rendered.text == ""
+
+
+@pytest.mark.parametrize(
+    "source", ["{{ 'x' * 10**9 }}", "{{ 'x'|center(10**9) }}", "{% if 'x' * 10**9 %}y{% endif %}", "{{ 9 ** 10**7 }}"]
+)
+def test_saving_a_template_computes_nothing(source: str) -> None:
+    tracemalloc.start()
+    try:
+        check_template(template(html=source))  # compiled in the service's own process: must stay cheap
+        assert tracemalloc.get_traced_memory()[1] < 5 * 1024 * 1024
+    finally:
+        tracemalloc.stop()
+
+
+def test_autoescape_takes_only_a_literal() -> None:
+    with pytest.raises(TemplateError, match="autoescape takes true or false"):
+        check_template(template(html="{% autoescape 'x' * 10**9 %}a{% endautoescape %}"))
+    rendered = render_email(template(html="{% autoescape false %}{{ '<b>' }}{% endautoescape %}{{ '<i>' }}"), context())
+    assert rendered.html == "<b>&lt;i&gt;"
