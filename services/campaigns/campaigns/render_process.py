@@ -74,24 +74,19 @@ def _serve(conn: Connection, budget: int) -> None:
         for part in PARTS:
             try:
                 text = render_part(part, sources[part], context)
-                if len(text) > MAX_PART_CHARS:
-                    raise TemplateError(part, f"{LIMIT} renders more than {MAX_PART_CHARS // 1024 // 1024} MiB")
             except TemplateError as exc:
-                conn.send(("error", exc.detail))
                 if exc.detail.startswith("MemoryError"):
+                    conn.send(("limit", exc.detail))
                     return  # after a failed allocation a fresh child is the safe one
+                conn.send(("error", exc.detail))
                 break
             except Exception as exc:  # unforeseen: that email fails, the child serves the next
                 conn.send(("error", type(exc).__name__))
                 break
+            if len(text) > MAX_PART_CHARS:
+                conn.send(("limit", f"over the limit: renders more than {MAX_PART_CHARS // 1024 // 1024} MiB"))
+                break
             conn.send(("ok", text))
-
-
-LIMIT = "over the limit:"
-
-
-def _over_a_limit(detail: str) -> bool:
-    return detail.startswith(("MemoryError", LIMIT))
 
 
 @dataclass
@@ -141,12 +136,13 @@ class RenderProcess:
         for part in PARTS:
             if not conn.poll(max(0.0, deadline - time.monotonic())):
                 self._stop()
-                raise self._refuse(part, sources[part], f"{LIMIT} takes longer than {self.timeout_s:g} s")
+                raise self._refuse(part, sources[part], f"over the limit: takes longer than {self.timeout_s:g} s")
             status, value = conn.recv()
+            if status == "limit":
+                self._stop()  # past a memory limit it ends itself: the next email gets a fresh one at once
+                raise self._refuse(part, sources[part], value)
             if status == "error":
-                if value.startswith("MemoryError"):
-                    self._stop()  # it ends itself; the next email waits for a fresh one, not for its exit
-                raise self._refuse(part, sources[part], value) if _over_a_limit(value) else TemplateError(part, value)
+                raise TemplateError(part, value)
             rendered[part] = value
         return rendered
 
